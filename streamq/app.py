@@ -1,0 +1,201 @@
+"""``StreamQ``: the app object holding Settings, the broker and the task registry.
+
+The module-level ``task`` decorator binds to one default app, built on first use
+from the environment (``STREAMQ_URL``, else the embedded server). Importing
+streamq builds nothing and connects to nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, overload
+
+from . import keys, results, serialization
+from .broker import Broker
+from .deadletter import DeadLetters
+from .errors import ConfigurationError
+from .message import Message, now_ms
+from .results import AsyncResult
+from .settings import Settings
+from .task import P, R, Task, TaskOptions
+
+log = logging.getLogger(__name__)
+
+_SEND_CHUNK = 500
+
+
+class StreamQ:
+    """A streamq application: ``@app.task`` registers tasks, ``app.AsyncResult(id)``
+    reads results. ``url`` is a redis://, rediss:// or unix:// URL; None means
+    ``STREAMQ_URL``, then the embedded Valkey server of the current directory."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str = "streamq",
+        default_queue: str = "default",
+        serializer: str = "json",
+        result_ttl: int = 86400,
+        **options: Any,
+    ) -> None:
+        self.settings = Settings.from_env(
+            url=url, namespace=namespace, default_queue=default_queue,
+            serializer=serializer, result_ttl=result_ttl, **options,
+        )
+        serialization.content_type_of(self.settings.serializer)
+        self.registry: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+
+    def __repr__(self) -> str:
+        return f"<StreamQ namespace={self.settings.namespace!r} url={self.broker_url_masked}>"
+
+    # -- configuration ------------------------------------------------------------
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            self._broker = Broker(self.settings)
+        return self._broker
+
+    @property
+    def broker_url_masked(self) -> str:
+        from .settings import mask_url
+
+        return mask_url(self.settings.url) if self._broker is None else self._broker.masked_url
+
+    def configure(self, **changes: Any) -> None:
+        """Change settings (e.g. the worker's ``--url``); drops open connections."""
+        self.settings = self.settings.with_changes(**{k: v for k, v in changes.items()
+                                                      if v is not None})
+        self.close()
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+
+    @property
+    def accept_content_types(self) -> set[str]:
+        return serialization.accept_content_types(self.settings.accepted)
+
+    # -- tasks ------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, fn: None = None, /, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
+        ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a task; works bare (``@app.task``) and with options
+        (``name``, ``queue``, ``max_retries``, ``retry_backoff``, ``retry_backoff_max``,
+        ``autoretry_for``, ``timeout``, ``max_deliveries``)."""
+        unknown = set(options) - set(TaskOptions.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+
+        def register(func: Callable[P, R]) -> Task[P, R]:
+            opts = dict(options)
+            opts.setdefault("name", f"{func.__module__}.{func.__qualname__}")
+            opts.setdefault("queue", self.settings.default_queue)
+            autoretry = opts.get("autoretry_for", (Exception,))
+            opts["autoretry_for"] = tuple(autoretry) if isinstance(autoretry, Sequence) \
+                else (autoretry,)
+            task = Task(self, func, TaskOptions(**opts))
+            existing = self.registry.get(task.name)
+            if existing is not None and existing.fn is not func and \
+                    existing.fn.__code__ is not func.__code__:
+                log.warning("Task name %s registered twice; the later definition wins.",
+                            task.name)
+            self.registry[task.name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    @property
+    def dead(self) -> DeadLetters:
+        """Dead-letter operations: ``app.dead.list()``, ``.requeue()``, ``.purge()``."""
+        return DeadLetters(self)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's spelling
+        return AsyncResult(task_id, self)
+
+    # -- enqueue ----------------------------------------------------------------------
+    def send(self, prepared: Sequence[tuple[Message, int | None]]) -> list[AsyncResult]:
+        """Write records and messages for prepared calls, pipelined in chunks.
+
+        Each record and its message go in the same round trip; a chunk is one
+        pipeline, so ``map()`` costs one round trip per 500 calls.
+        """
+        ns, ttl = self.settings.namespace, self.settings.result_ttl
+        broker = self.broker
+        with broker.errors():
+            for start in range(0, len(prepared), _SEND_CHUNK):
+                pipe = broker.client.pipeline(transaction=False)
+                enq = now_ms()
+                for message, due in prepared[start:start + _SEND_CHUNK]:
+                    record = {"status": results.SCHEDULED if due else results.PENDING,
+                              "task": message.task, "queue": message.queue,
+                              "retries": 0, "enqueued_ms": enq, "eta_ms": due}
+                    # Keep a scheduled record alive at least until it is due.
+                    wait_s = max(0, (due - enq) // 1000) if due else 0
+                    results.write(pipe, ns, message.id, record, ttl + wait_s)
+                    encoded = message.encode()
+                    if due:
+                        broker.schedule(pipe, message.queue, message.id, due, encoded)
+                    else:
+                        broker.add(pipe, message.queue, encoded)
+                pipe.execute()
+        return [AsyncResult(m.id, self) for m, _ in prepared]
+
+    def send_by_name(self, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None
+                     = None, *, queue: str | None = None, countdown: float | None = None
+                     ) -> AsyncResult:
+        """Enqueue a task by name without importing it (from the shell, cron, ...)."""
+        task = self.registry.get(name)
+        if task is not None:
+            msg, due = task.prepare(tuple(args), dict(kwargs or {}), countdown=countdown,
+                                    queue=queue)
+            return self.send([(msg, due)])[0]
+        from .task import due_ms_from
+        from .message import new_task_id
+
+        ct, ce, body = serialization.dumps([list(args), dict(kwargs or {})],
+                                           self.settings.serializer,
+                                           what=f"the arguments of task {name}")
+        due = due_ms_from(countdown, None)
+        msg = Message(id=new_task_id(), task=name, queue=queue or self.settings.default_queue,
+                      content_type=ct, content_encoding=ce, body=body, eta_ms=due)
+        return self.send([(msg, due)])[0]
+
+    def queue_keys(self, queue: str) -> dict[str, str]:
+        ns = self.settings.namespace
+        return {"stream": keys.stream(ns, queue), "delayed": keys.delayed(ns, queue),
+                "dead": keys.dead(ns, queue)}
+
+
+_default_app: StreamQ | None = None
+
+
+def default_app() -> StreamQ:
+    """The app behind ``streamq.task``: built on first use from ``STREAMQ_*`` variables."""
+    global _default_app
+    if _default_app is None:
+        _default_app = StreamQ()
+    return _default_app
+
+
+def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """``@task`` bound to the default app (see ``default_app``)."""
+    return default_app().task(fn, **options) if fn is not None else \
+        default_app().task(**options)
+
+
+def find_app(candidates: Sequence[Any]) -> StreamQ:
+    apps = {id(a): a for a in candidates if isinstance(a, StreamQ)}
+    if len(apps) > 1:
+        raise ConfigurationError("several StreamQ apps found; name one as MODULE:ATTRIBUTE")
+    if apps:
+        return next(iter(apps.values()))
+    return default_app()

@@ -1,0 +1,222 @@
+"""The worker's supervisor: spawns, replaces, time-limits and shuts down processes.
+
+Nothing else: reading, running and acknowledging live in the processes. A
+replacement process takes the same consumer name as the one it replaces, so it
+starts by re-claiming exactly the entries the dead one held (counted as one more
+delivery each) instead of waiting for a visibility timeout. Signal handlers only
+set flags; the loop acts on them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import secrets
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import keys
+from .message import now_ms
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from .app import StreamQ
+    from .broker import Delivery
+
+log = logging.getLogger(__name__)
+
+_INFO_BYTES = 512
+_CRASH_WINDOW_S = 2.0
+
+
+@dataclass
+class _Slot:
+    index: int
+    consumer: str
+    deadline: Any = field(default=None)  # RawValue('d'): monotonic deadline, 0 = none
+    running: Any = field(default=None)   # RawArray: b"queue\nentry id\ntimeout"
+    process: BaseProcess | None = None
+    started_at: float = 0.0
+    crashes: int = 0
+    respawn_at: float = 0.0
+    timed_out: tuple[str, str, float] | None = None
+
+
+class Supervisor:
+    def __init__(self, app: StreamQ, queues: list[str], concurrency: int, *,
+                 prefetch: int | None = None, grace_s: float | None = None) -> None:
+        self.app = app
+        self.queues = queues
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.grace_s = app.settings.grace_s if grace_s is None else grace_s
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+        self._ctx = mp.get_context("fork")
+        self._slots = [self._new_slot(i) for i in range(concurrency)]
+        self._stop_requested = 0
+        self.restarts = 0
+        self.started_ms = now_ms()
+
+    def _new_slot(self, i: int) -> _Slot:
+        return _Slot(i, f"{self.worker_id}-{i}", self._ctx.RawValue(ctypes.c_double, 0.0),
+                     self._ctx.RawArray(ctypes.c_char, _INFO_BYTES))
+
+    @property
+    def worker_info(self) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "processes": self.concurrency, "queues": ",".join(self.queues),
+                "started_ms": self.started_ms}
+
+    # -- signals ------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._stop_requested += 1
+        if self._stop_requested == 1:
+            log.warning("Received %s: no new tasks; waiting up to %.0fs for running ones "
+                        "(send SIGINT again to stop at once).", signal.Signals(signum).name,
+                        self.grace_s)
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for slot in self._slots:
+            self._spawn(slot)
+        try:
+            while not self._stop_requested:
+                self.tick()
+                time.sleep(0.02)
+            return self._shutdown()
+        finally:
+            self._deregister()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for slot in self._slots:
+            proc = slot.process
+            if proc is not None and proc.is_alive():
+                deadline = slot.deadline.value
+                if deadline and now > deadline:
+                    self._kill_for_timeout(slot)
+                continue
+            if proc is not None:
+                self._reap(slot, now)
+            if slot.process is None and now >= slot.respawn_at:
+                self._spawn(slot)
+
+    def _reap(self, slot: _Slot, now: float) -> None:
+        proc = slot.process
+        assert proc is not None
+        proc.join(0)
+        code = proc.exitcode
+        slot.process = None
+        if slot.timed_out is None:
+            log.error("Worker process %d (consumer %s) died with exit code %s; replacing it "
+                      "and re-delivering its messages.", proc.pid, slot.consumer, code)
+        self.restarts += 1
+        if now - slot.started_at < _CRASH_WINDOW_S and slot.timed_out is None:
+            slot.crashes += 1
+            backoff = min(10.0, 0.1 * 2 ** slot.crashes)
+            slot.respawn_at = now + backoff
+        else:
+            slot.crashes = 0
+            slot.respawn_at = now
+
+    def _kill_for_timeout(self, slot: _Slot) -> None:
+        assert slot.process is not None
+        queue, entry_id, timeout = _read_running(slot)
+        log.error("Task in message %s (queue %s) exceeded its time limit of %gs; killing "
+                  "process %d.", entry_id, queue, timeout, slot.process.pid)
+        slot.timed_out = (queue, entry_id, timeout)
+        slot.deadline.value = 0.0
+        os.kill(slot.process.pid, signal.SIGKILL)
+        slot.process.join(5)
+
+    def _spawn(self, slot: _Slot) -> None:
+        timed_out, slot.timed_out = slot.timed_out, None
+        slot.deadline.value = 0.0
+        proc = self._ctx.Process(
+            target=_child_main, name=f"streamq-worker-{slot.index}",
+            args=(self.app, self.queues, slot.consumer, self.worker_id, self.prefetch,
+                  slot.deadline, slot.running, timed_out, self.worker_info),
+            daemon=False,
+        )
+        proc.start()
+        slot.process = proc
+        slot.started_at = time.monotonic()
+
+    def _shutdown(self) -> int:
+        for slot in self._slots:
+            if slot.process is not None and slot.process.is_alive():
+                os.kill(slot.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        while time.monotonic() < deadline and self._stop_requested < 2:
+            if not any(s.process is not None and s.process.is_alive() for s in self._slots):
+                break
+            time.sleep(0.02)
+        forced = False
+        for slot in self._slots:
+            if slot.process is not None and slot.process.is_alive():
+                forced = True
+                os.kill(slot.process.pid, signal.SIGKILL)
+            if slot.process is not None:
+                slot.process.join(5)
+        if forced:
+            log.warning("Killed processes still running at the end of the grace period; their "
+                        "messages stay pending and will be re-delivered.")
+        log.info("Worker %s stopped.", self.worker_id)
+        return 0
+
+    def _deregister(self) -> None:
+        try:
+            client = self.app.broker.client
+            ns = self.app.settings.namespace
+            pipe = client.pipeline(transaction=False)
+            pipe.zrem(keys.workers(ns), self.worker_id)
+            pipe.delete(keys.worker(ns, self.worker_id))
+            pipe.execute()
+        except Exception as exc:  # the server may be gone; the entry expires anyway
+            log.debug("Could not deregister worker %s: %s", self.worker_id, exc)
+
+
+def _read_running(slot: _Slot) -> tuple[str, str, float]:
+    raw = bytes(slot.running.raw).split(b"\x00", 1)[0].decode()
+    queue, entry_id, timeout = (raw.split("\n") + ["", "", "0"])[:3]
+    return queue, entry_id, float(timeout or 0)
+
+
+def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: str,
+                prefetch: int | None, deadline: Any, running: Any,
+                timed_out: tuple[str, str, float] | None, worker_info: dict[str, Any]) -> None:
+    from .consumer import Consumer
+
+    app.close()  # never share the parent's sockets
+
+    def on_start(d: Delivery, timeout: float | None) -> None:
+        if timeout:
+            info = f"{d.queue}\n{d.entry_id}\n{timeout}".encode()[:_INFO_BYTES - 1]
+            running.raw = info + b"\x00" * (_INFO_BYTES - len(info))
+            deadline.value = time.monotonic() + timeout
+        else:
+            deadline.value = 0.0
+
+    consumer = Consumer(app, queues, consumer_name, worker_id=worker_id, prefetch=prefetch,
+                        on_start=on_start, timed_out=timed_out, worker_info=worker_info)
+
+    def stop(_signum: int, _frame: Any) -> None:
+        consumer.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C reaches the whole process group; the supervisor decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        consumer.run()
+    except Exception:
+        log.exception("Worker process %d stopped on an unexpected error.", os.getpid())
+        os._exit(1)
+    os._exit(0)
