@@ -8,6 +8,7 @@ Hot-path calls take a pipeline so callers batch them into one round trip.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -51,6 +52,7 @@ class Broker:
         self._scripts: dict[str, Any] = {}
         self._known_queues: set[str] = set()
         self._groups: set[str] = set()
+        self._local = threading.local()
 
     # -- clients ---------------------------------------------------------------
     @property
@@ -78,7 +80,22 @@ class Broker:
     def errors(self) -> Any:
         return redis_errors(self._url or self.settings.url)
 
+    def result_pubsub(self) -> Any:
+        """This thread's pub/sub connection for result notifications, kept open so
+        ``get()`` costs no connection set-up."""
+        ps = getattr(self._local, "pubsub", None)
+        if ps is None:
+            ps = self._local.pubsub = self.client.pubsub()
+        return ps
+
+    def drop_result_pubsub(self) -> None:
+        ps = getattr(self._local, "pubsub", None)
+        self._local.pubsub = None
+        if ps is not None:
+            ps.close()
+
     def close(self) -> None:
+        self.drop_result_pubsub()
         for c in (self._client, self._blocking):
             if c is not None:
                 c.close()

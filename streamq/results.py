@@ -133,15 +133,14 @@ class AsyncResult:
                 f"or its record expired (result_ttl)"
             )
         broker = self.app.broker
-        channel = keys.done_channel(self.app.settings.namespace, self.id)
+        channel = keys.done_channel(self.app.settings.namespace, self.id).encode()
         with broker.errors():
-            pubsub = broker.client.pubsub()
+            pubsub = broker.result_pubsub()
             try:
                 pubsub.subscribe(channel)
-                # Wait for the subscription to be live before re-reading, so a
-                # completion between the two cannot be missed.
-                while pubsub.get_message(timeout=broker.settings.socket_timeout_s) is None:
-                    pass
+                # Wait for this subscription to be live before re-reading the record,
+                # so a completion between the two cannot be missed.
+                _wait_for(pubsub, channel, ("subscribe",), broker.settings.socket_timeout_s)
                 while True:
                     rec = self._record()
                     status = rec.get("status")
@@ -160,10 +159,13 @@ class AsyncResult:
                         )
                     # The periodic wake-up only guards against a record that expires
                     # while we wait; completion wakes us through the channel at once.
-                    wait = 5.0 if remaining is None else min(remaining, 5.0)
-                    pubsub.get_message(timeout=wait)
-            finally:
-                pubsub.close()
+                    _wait_for(pubsub, channel, ("message",),
+                              5.0 if remaining is None else min(remaining, 5.0))
+            except BaseException:
+                broker.drop_result_pubsub()
+                raise
+            else:
+                pubsub.unsubscribe(channel)
 
     def _decode_result(self, rec: dict[str, Any]) -> Any:
         return serialization.loads(
@@ -185,3 +187,16 @@ class AsyncResult:
         if propagate:
             raise exc
         return exc
+
+
+def _wait_for(pubsub: Any, channel: bytes, types: tuple[str, ...], timeout: float) -> bool:
+    """Block on the pub/sub socket until a message of ``types`` for ``channel``
+    arrives (others, e.g. late unsubscribe confirmations, are skipped)."""
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        msg = pubsub.get_message(timeout=left)
+        if msg and msg["type"] in types and msg["channel"] == channel:
+            return True

@@ -109,7 +109,7 @@ class Settings:
             values["url"] = env["STREAMQ_URL"]
         if env.get("STREAMQ_NAMESPACE"):
             values["namespace"] = env["STREAMQ_NAMESPACE"]
-        for name, conv in (("claim_after_s", float), ("result_ttl", int), ("grace_s", float),
+        for name, conv in (("claim_after_s", float), ("grace_s", float),
                            ("heartbeat_s", float), ("prefetch", int)):
             raw = env.get(f"STREAMQ_{name.upper()}")
             if raw:

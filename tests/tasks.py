@@ -1,0 +1,131 @@
+"""Tasks for tests; importable by worker subprocesses as ``tests.tasks``.
+
+Counters live in the server (``INCR``) so tests count executions exactly across
+processes. The app's URL and namespace are set per test by the fixtures (and by
+``--url``/``STREAMQ_NAMESPACE`` in worker subprocesses).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from streamq import Reject, Retry, StreamQ, current_task
+
+app = StreamQ("redis://127.0.0.1:1/0")  # replaced by the fixtures / --url
+
+
+def _incr(key: str) -> int:
+    return int(app.broker.client.incr(f"{app.settings.namespace}:count:{key}"))
+
+
+def count_of(key: str) -> int:
+    return int(app.broker.client.get(f"{app.settings.namespace}:count:{key}") or 0)
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def echo(value: Any) -> Any:
+    return value
+
+
+@app.task
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task
+def count(key: str) -> int:
+    return _incr(key)
+
+
+@app.task
+def context() -> dict[str, Any]:
+    ctx = current_task()
+    assert ctx is not None
+    return {"id": ctx.id, "name": ctx.name, "queue": ctx.queue, "retries": ctx.retries,
+            "deliveries": ctx.deliveries}
+
+
+@app.task
+def sleep_then_count(key: str, seconds: float) -> int:
+    n = _incr(key)
+    time.sleep(seconds)
+    return n
+
+
+@app.task
+def record_start(key: str) -> float:
+    """Appends the wall-clock start time (ms) to a list, for timing tests."""
+    now = time.time() * 1000
+    ctx = current_task()
+    assert ctx is not None
+    app.broker.client.rpush(f"{app.settings.namespace}:starts:{key}", f"{ctx.id} {now}")
+    return now
+
+
+@app.task
+def die_on_first_delivery(key: str) -> int:
+    """SIGKILLs its own process the first time it runs."""
+    n = _incr(key)
+    if n == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n
+
+
+@app.task(max_deliveries=3)
+def poison(key: str) -> None:
+    """Kills its process every time: must end in dead letters after 3 deliveries."""
+    _incr(key)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(max_retries=3, retry_backoff=0.05, retry_backoff_max=0.2)
+def flaky(key: str, failures: int) -> int:
+    """Raises on its first ``failures`` runs."""
+    n = _incr(key)
+    if n <= failures:
+        raise ValueError(f"failure {n} of {failures}")
+    return n
+
+
+@app.task(max_retries=2)
+def explicit_retry(key: str) -> int:
+    n = _incr(key)
+    if n < 3:
+        raise Retry(countdown=0.05)
+    return n
+
+
+@app.task(max_retries=1, autoretry_for=(KeyError,))
+def only_keyerror_retries(key: str, exc: str) -> None:
+    _incr(key)
+    raise (KeyError if exc == "KeyError" else ValueError)(exc)
+
+
+@app.task
+def reject(reason: str) -> None:
+    raise Reject(reason)
+
+
+@app.task(timeout=1.0, max_retries=1)
+def too_slow(key: str, seconds: float) -> int:
+    n = _incr(key)
+    time.sleep(seconds)
+    return n
+
+
+@app.task
+def unserializable_result() -> object:
+    return object()
+
+
+@app.task(queue="other")
+def on_other_queue(x: int) -> int:
+    return x * 10

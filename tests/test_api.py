@@ -1,0 +1,326 @@
+"""The public API against a real server, executed in-process with a Consumer."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+
+import streamq
+from streamq import (
+    AsyncResult,
+    BrokerConnectionError,
+    Retry,
+    SerializationError,
+    StreamQ,
+    StreamQError,
+    TaskFailed,
+    current_task,
+    task,
+)
+from streamq import keys
+from streamq.consumer import Consumer
+from streamq.errors import ConfigurationError, ResultNotFoundError, ResultTimeoutError
+from tests import tasks
+from tests.conftest import ROOT
+
+
+def drain(app: StreamQ, queues: tuple[str, ...] = ("default",), rounds: int = 50) -> Consumer:
+    """Run a consumer in this process until the queues are empty."""
+    c = Consumer(app, list(queues), "testhost:1:aaaa-0", block_ms=50)
+    c.start(housekeeping=False)
+    idle = 0
+    for _ in range(rounds):
+        idle = idle + 1 if c.run_once() == 0 else 0
+        if idle >= 2:
+            break
+    c.stop()
+    return c
+
+
+def test_public_names_exist() -> None:
+    for name in ("StreamQ", "task", "AsyncResult", "Retry", "TaskFailed", "StreamQError",
+                 "current_task"):
+        assert hasattr(streamq, name), name
+    sig = inspect.signature(StreamQ)
+    assert sig.parameters["url"].default is None
+    for name, default in (("namespace", "streamq"), ("default_queue", "default"),
+                          ("serializer", "json"), ("result_ttl", 86400)):
+        assert sig.parameters[name].default == default
+        assert sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_local_call_runs_the_function_without_redis() -> None:
+    assert tasks.add(2, 3) == 5
+
+
+def test_delay_enqueues_and_worker_stores_the_result(app: StreamQ) -> None:
+    res = tasks.add.delay(2, 3)
+    assert isinstance(res, AsyncResult)
+    assert res.status == "PENDING"
+    assert not res.ready()
+    drain(app)
+    assert res.get(timeout=5) == 5
+    assert res.status == "SUCCESS" and res.ready() and res.successful() and not res.failed()
+    info = res.info
+    assert info["status"] == "SUCCESS" and info["result"] == 5
+    assert info["task"] == "tests.tasks.add" and info["queue"] == "default"
+
+
+def test_record_and_message_are_one_round_trip_and_record_has_ttl(app: StreamQ,
+                                                                   rclient: redis.Redis) -> None:
+    res = tasks.echo.delay("x")
+    ns = app.settings.namespace
+    ttl = rclient.ttl(keys.result(ns, res.id))
+    assert 0 < ttl <= app.settings.result_ttl
+    assert rclient.xlen(keys.stream(ns, "default")) == 1
+
+
+def test_apply_async_options(app: StreamQ, rclient: redis.Redis) -> None:
+    res = tasks.add.apply_async((1,), {"y": 2}, queue="other", task_id="my-id-1")
+    assert res.id == "my-id-1"
+    assert rclient.xlen(keys.stream(app.settings.namespace, "other")) == 1
+    drain(app, ("other",))
+    assert res.get(timeout=5) == 3
+
+
+def test_task_queue_option_routes_messages(app: StreamQ) -> None:
+    res = tasks.on_other_queue.delay(4)
+    drain(app, ("default",))
+    assert res.status == "PENDING"
+    drain(app, ("other",))
+    assert res.get(timeout=5) == 40
+
+
+def test_map_enqueues_many_in_order(app: StreamQ) -> None:
+    results = tasks.add.map([(i, i) for i in range(1200)])
+    single = tasks.echo.map(["a", "b"])
+    drain(app)
+    assert [r.get(timeout=5) for r in results] == [2 * i for i in range(1200)]
+    assert [r.get(timeout=5) for r in single] == ["a", "b"]
+
+
+def test_countdown_gives_scheduled_status(app: StreamQ, rclient: redis.Redis) -> None:
+    res = tasks.add.apply_async((1, 1), countdown=30)
+    assert res.status == "SCHEDULED"
+    ns = app.settings.namespace
+    assert rclient.zscore(keys.delayed(ns, "default"), res.id) is not None
+    assert rclient.xlen(keys.stream(ns, "default")) == 0
+
+
+def test_eta_must_be_timezone_aware(app: StreamQ) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        tasks.add.apply_async((1, 1), eta=datetime.now() + timedelta(seconds=5))
+    res = tasks.add.apply_async((1, 1), eta=datetime.now(timezone.utc) + timedelta(seconds=30))
+    assert res.status == "SCHEDULED"
+
+
+def test_bad_arguments_raise_type_error_before_redis(app: StreamQ,
+                                                     rclient: redis.Redis) -> None:
+    with pytest.raises(TypeError, match="tests.tasks.add"):
+        tasks.add.delay(1)
+    with pytest.raises(TypeError):
+        tasks.add.delay(1, 2, z=3)
+    with pytest.raises(TypeError):
+        tasks.add.map([(1, 2, 3)])
+    assert rclient.keys(f"{app.settings.namespace}:*") == []
+
+
+def test_unserializable_argument_names_its_type(app: StreamQ, rclient: redis.Redis) -> None:
+    class Widget:
+        pass
+
+    with pytest.raises(SerializationError, match="Widget") as info:
+        tasks.echo.delay({"nested": [Widget()]})
+    assert isinstance(info.value, StreamQError)
+    assert rclient.keys(f"{app.settings.namespace}:*") == []
+
+
+def test_cloudpickle_serializer_round_trips_objects(server: Any, namespace: str) -> None:
+    app = StreamQ(server.url, namespace=namespace, serializer="cloudpickle")
+
+    @app.task
+    def double(x: Any) -> Any:
+        return x * 2
+
+    when = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    res = double.delay(b"ab")
+    res2 = app.registry[double.name].delay(3)
+    c = Consumer(app, ["default"], "h:1:aaaa-0", block_ms=50)
+    c.start(housekeeping=False)
+    c.run_once()
+    c.stop()
+    assert res.get(timeout=5) == b"abab"
+    assert res2.get(timeout=5) == 6
+    assert when  # a datetime survives too, below
+    res3 = double.delay(timedelta(seconds=1))
+    c = Consumer(app, ["default"], "h:1:aaaa-0", block_ms=50)
+    c.start(housekeeping=False)
+    c.run_once()
+    c.stop()
+    assert res3.get(timeout=5) == timedelta(seconds=2)
+    app.close()
+
+
+def test_unknown_id_is_unknown_not_pending(app: StreamQ) -> None:
+    res = app.AsyncResult("no-such-id")
+    assert res.status == "UNKNOWN"
+    assert res.info == {}
+    assert not res.ready()
+    with pytest.raises(ResultNotFoundError):
+        res.get(timeout=1)
+
+
+def test_get_timeout_raises_a_builtin_timeout_error(app: StreamQ) -> None:
+    res = tasks.add.delay(1, 2)
+    with pytest.raises(TimeoutError) as info:
+        res.get(timeout=0.3)
+    assert isinstance(info.value, ResultTimeoutError)
+    assert isinstance(info.value, StreamQError)
+
+
+def test_failure_propagates_remote_error(app: StreamQ) -> None:
+    res = tasks.fail.delay("kaboom")
+    drain(app)
+    assert res.status == "FAILURE" and res.failed() and res.ready()
+    with pytest.raises(TaskFailed) as info:
+        res.get(timeout=5)
+    text = str(info.value)
+    assert "ValueError" in text and "kaboom" in text and "Traceback" in text
+    assert info.value.exc_type == "ValueError" and info.value.exc_message == "kaboom"
+    returned = res.get(timeout=5, propagate=False)
+    assert isinstance(returned, TaskFailed)
+
+
+def test_get_waits_for_a_result_finished_later(app: StreamQ) -> None:
+    """get() blocks and wakes on completion by another process."""
+    res = tasks.add.delay(20, 22)
+    code = (
+        "import time, sys; sys.path.insert(0, '.');"
+        "from tests import tasks; from tests.test_api import drain;"
+        f"tasks.app.configure(url={app.settings.url!r}, namespace={app.settings.namespace!r});"
+        "time.sleep(0.5); drain(tasks.app)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        assert res.get(timeout=20) == 42
+    finally:
+        proc.wait(20)
+
+
+def test_forget_deletes_the_record(app: StreamQ) -> None:
+    res = tasks.add.delay(1, 2)
+    drain(app)
+    assert res.get(timeout=5) == 3
+    res.forget()
+    assert res.status == "UNKNOWN"
+
+
+def test_unserializable_result_is_a_failure(app: StreamQ) -> None:
+    res = tasks.unserializable_result.delay()
+    drain(app)
+    with pytest.raises(TaskFailed, match="serialize"):
+        res.get(timeout=5)
+
+
+def test_current_task_inside_and_outside(app: StreamQ) -> None:
+    assert current_task() is None
+    res = tasks.context.delay()
+    drain(app)
+    ctx = res.get(timeout=5)
+    assert ctx == {"id": res.id, "name": "tests.tasks.context", "queue": "default",
+                   "retries": 0, "deliveries": 1}
+
+
+def test_retry_signal_retries_then_succeeds(app: StreamQ) -> None:
+    res = tasks.explicit_retry.delay("r1")
+    c = Consumer(app, ["default"], "h:1:aaaa-0", block_ms=50)
+    c.start()  # housekeeping promotes the retries
+    try:
+        import time
+
+        deadline = time.monotonic() + 10
+        while res.status != "SUCCESS" and time.monotonic() < deadline:
+            c.run_once()
+    finally:
+        c.stop()
+    assert res.get(timeout=1) == 3
+    assert res.info["retries"] == 2
+    assert tasks.count_of("r1") == 3
+    assert isinstance(Retry(countdown=1), Exception) and not isinstance(Retry(), StreamQError)
+
+
+def test_task_options_are_stored(server: Any, namespace: str) -> None:
+    app = StreamQ(server.url, namespace=namespace)
+
+    @app.task(name="custom.name", queue="q2", max_retries=4, retry_backoff=2.0,
+              retry_backoff_max=30.0, autoretry_for=(KeyError,), timeout=9.5, max_deliveries=7)
+    def f() -> None: ...
+
+    o = f.options
+    assert (o.name, o.queue, o.max_retries, o.retry_backoff, o.retry_backoff_max,
+            o.autoretry_for, o.timeout, o.max_deliveries) == (
+        "custom.name", "q2", 4, 2.0, 30.0, (KeyError,), 9.5, 7)
+    assert app.registry["custom.name"] is f
+
+    @app.task
+    def g() -> None: ...
+
+    assert g.name.endswith("test_task_options_are_stored.<locals>.g")
+    assert (g.options.max_retries, g.options.max_deliveries, g.options.autoretry_for) == (
+        0, 5, (Exception,))
+    with pytest.raises(TypeError, match="unknown task option"):
+        app.task(retries=3)
+
+
+def test_module_level_task_uses_the_default_app(server: Any, monkeypatch: pytest.MonkeyPatch,
+                                                 namespace: str) -> None:
+    import streamq.app as app_module
+
+    monkeypatch.setenv("STREAMQ_URL", server.url)
+    monkeypatch.setattr(app_module, "_default_app", None)
+
+    @task
+    def triple(x: int) -> int:
+        return 3 * x
+
+    @task(queue="q3")
+    def quad(x: int) -> int:
+        return 4 * x
+
+    default = app_module.default_app()
+    assert default.settings.url == server.url
+    assert default.registry[triple.name] is triple and quad.options.queue == "q3"
+    default.configure(namespace=namespace)
+    res = triple.delay(5)
+    c = Consumer(default, ["default"], "h:1:aaaa-0", block_ms=50)
+    c.start(housekeeping=False)
+    c.run_once()
+    c.stop()
+    assert res.get(timeout=5) == 15
+    default.close()
+
+
+def test_unreachable_server_is_a_connection_error_with_masked_password() -> None:
+    app = StreamQ("redis://:sekrit-pw@127.0.0.1:1/0", namespace="x")
+    with pytest.raises(ConnectionError) as info:
+        tasks_add = app.task(lambda x: x, name="lam")
+        tasks_add.delay(1)
+    assert isinstance(info.value, BrokerConnectionError)
+    assert isinstance(info.value, StreamQError)
+    assert "sekrit-pw" not in str(info.value) and "***" in str(info.value)
+    assert "sekrit-pw" not in repr(app.settings)
+
+
+def test_invalid_urls_and_names_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="redis://"):
+        StreamQ("http://localhost:6379")
+    with pytest.raises(ConfigurationError, match="serializer"):
+        StreamQ("redis://localhost", serializer="nope")
+    with pytest.raises(ConfigurationError, match="queue"):
+        StreamQ("redis://localhost", default_queue="has space")
