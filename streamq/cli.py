@@ -47,6 +47,8 @@ def configure_logging(level: str = "INFO", fmt: str = "plain") -> None:
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": fmt,
                                 "stream": "ext://sys.stderr"}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
+        # The start line is always shown, whatever the level.
+        "loggers": {"streamq.cli": {"level": "INFO"}},
     })
 
 

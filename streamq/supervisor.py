@@ -71,7 +71,7 @@ class Supervisor:
     def worker_info(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "processes": self.concurrency, "queues": ",".join(self.queues),
-                "started_ms": self.started_ms}
+                "started_ms": self.started_ms, "heartbeat_s": self.app.settings.heartbeat_s}
 
     # -- signals ------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -198,6 +198,7 @@ def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: 
     app.close()  # never share the parent's sockets
 
     def on_start(d: Delivery, timeout: float | None) -> None:
+        # Called with the task's timeout when it starts and with None when it ends.
         if timeout:
             info = f"{d.queue}\n{d.entry_id}\n{timeout}".encode()[:_INFO_BYTES - 1]
             running.raw = info + b"\x00" * (_INFO_BYTES - len(info))

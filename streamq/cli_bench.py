@@ -1,0 +1,95 @@
+"""``streamq bench``: run ``streamq.bench.run_bench`` and show its table (or JSON)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .cli import cli
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit.endswith("/s"):
+        return f"{value:,.0f}/s"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    return f"{value:.1f} {unit}"
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    """Print the report as one table plus the server and versions lines."""
+    p, v = report["params"], report["versions"]
+    table = Table("measurement", "value", "ceiling", "ratio", "target", "ok",
+                  title=f"streamq bench: n={p['n']}, -c {p['concurrency']}, "
+                        f"payload {p['payload_bytes']} B")
+    for row in report["rows"]:
+        ceiling = "-" if row["ceiling"] is None else \
+            f"{_fmt(row['ceiling'], '/s')} {row['ceiling_measurement']}"
+        table.add_row(row["measurement"], _fmt(row["value"], row["unit"]), ceiling,
+                      "-" if row["ratio"] is None else f"{row['ratio']:.2f}", row["target"],
+                      "[green]yes[/]" if row["meets_target"] else "[red]no[/]")
+    console.print(table)
+    d = report["details"]
+    console.print(f"server: {v['server_name']} {v['server_version']} at {p['url']}")
+    console.print(f"versions: streamq {v['streamq']}, redis-py {v['redis_py']} "
+                  f"({'hiredis ' + str(v['hiredis_version']) if v['hiredis'] else 'no hiredis'})"
+                  f", python {v['python']}, {v['cpus']} cpu(s)")
+    console.print(f"drain timed from the first stored result ({d['drain_first_result_s']}s "
+                  f"after the worker was started) to the last: {d['drain_counted_tasks']} tasks "
+                  f"in {d['drain_timed_s']}s; round trips: {d['roundtrip_samples']} samples; "
+                  f"total {report['elapsed_s']}s", style="dim")
+
+
+@cli.command()
+@click.option("--url", default=None, envvar="STREAMQ_URL", metavar="URL",
+              help="redis://, rediss:// or unix:// URL (default: $STREAMQ_URL, else the "
+                   "embedded server).")
+@click.option("-n", "n", type=click.IntRange(1, 10_000_000), default=20000, show_default=True,
+              help="Tasks (and raw entries) per throughput measurement.")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 512), default=2, show_default=True,
+              help="Worker processes for the drain measurement.")
+@click.option("--payload-bytes", type=click.IntRange(0, 64 * 1024 * 1024), default=0,
+              show_default=True, help="Size of each task's string argument.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, as_json: bool) -> None:
+    """Measure streamq against the raw redis-py ceiling on the same server.
+
+    Runs raw XADD / pipelined XADD / XREADGROUP+XACK+XDEL loops, then streamq's
+    delay(), map(), a real worker draining N noop tasks, delay()+get() round trips
+    and the idle worker's memory, and reports each as a ratio of its ceiling next
+    to its target. Keys go to a fresh random namespace and are deleted at the end;
+    the server does get loaded while it runs. Missed targets still exit 0.
+
+    \b
+    Example:
+      streamq bench --url redis://127.0.0.1:6379/0 -n 20000 -c 2
+      streamq bench -n 2000 --json > bench.json     # embedded server
+    """
+    from .bench import run_bench
+
+    err = Console(stderr=True, highlight=False)
+    status = err.status("starting") if err.is_terminal else None
+
+    def progress(message: str) -> None:
+        if status is not None:
+            status.update(message)
+        else:
+            err.print(f"bench: {message}", style="dim")
+
+    if status is not None:
+        status.start()
+    try:
+        report = run_bench(url, n, concurrency, payload_bytes, progress=progress)
+    finally:
+        if status is not None:
+            status.stop()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render(report, Console(highlight=False))
