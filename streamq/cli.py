@@ -146,10 +146,12 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
     Example:
       streamq worker worker.tasks -Q default,emails -c 4 --grace 60
     """
+    from . import metrics
     from .supervisor import Supervisor
 
     configure_logging(log_level, log_format)
     app = load_app(modules, url)
+    reload_dirs = _module_dirs(modules) if reload else None
     app.configure(namespace=namespace, claim_after_s=claim_after, heartbeat_s=heartbeat,
                   grace_s=grace)
     if not app.registry:
@@ -163,8 +165,34 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
     app.configure(url=resolved)
     log.info("streamq worker starting: url=%s queues=%s concurrency=%d tasks=[%s]",
              mask_url(resolved), ",".join(qs), n, ", ".join(sorted(app.registry)))
-    sup = Supervisor(app, qs, n, prefetch=prefetch, grace_s=grace)
-    sys.exit(sup.run())
+    # Before any fork: worker processes write their metric files there.
+    metrics_dir = metrics.prepare_multiprocess_dir() if metrics_port is not None else None
+    sup = Supervisor(app, qs, n, prefetch=prefetch, grace_s=grace, reload_dirs=reload_dirs)
+    served = None
+    if metrics_port is not None:
+        served = metrics.serve(app, metrics_port, sup)
+        log.info("Serving Prometheus metrics at http://127.0.0.1:%d/metrics", served[2])
+    try:
+        code = sup.run()
+    finally:
+        if served is not None:
+            http, thread, _ = served
+            http.shutdown()
+            http.server_close()
+            thread.join(5)
+            metrics.cleanup_multiprocess_dir(metrics_dir)
+    sys.exit(code)
+
+
+def _module_dirs(specs: tuple[str, ...]) -> list[str]:
+    """The directories of the imported task modules, watched by ``--reload``."""
+    dirs = []
+    for spec in specs:
+        module = sys.modules.get(spec.partition(":")[0])
+        path = getattr(module, "__file__", None)
+        if path:
+            dirs.append(os.path.dirname(os.path.abspath(path)))
+    return sorted(set(dirs))
 
 
 @cli.command()
@@ -187,7 +215,7 @@ def server(stop: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the click group, turning every error into one line."""
-    from . import cli_ops  # noqa: F401  (registers the operations commands)
+    from . import cli_bench, cli_ops, cli_status  # noqa: F401  (register their commands)
 
     try:
         cli.main(args=argv, prog_name="streamq", standalone_mode=False)

@@ -201,14 +201,18 @@ class Consumer:
                 self._buffer.extend(got)
 
     def _reclaim(self) -> None:
-        """Take over entries of dead consumers: at once for a worker known dead (its
-        registration lapsed and its entries have missed heartbeats), and by XAUTOCLAIM
-        after ``claim_after_s`` for anything else."""
+        """Take over entries nobody is working on:
+        - our own orphans: pending for this consumer but not held in memory (a read
+          whose reply was lost when the connection dropped), once they missed heartbeats;
+        - those of a worker known dead (registration lapsed, heartbeats missed), at once;
+        - anything idle longer than ``claim_after_s`` (XAUTOCLAIM), e.g. a dead host."""
         hb_ms = int(self.settings.heartbeat_s * 1000)
         with self.broker.errors():
             live = self._live_workers()
+            held = self._held()
             for q in self.queues:
-                got = self._claim_dead_workers(q, live, 3 * hb_ms)
+                got = self._claim_orphans(q, set(held.get(q, ())), 2 * hb_ms)
+                got += self._claim_dead_workers(q, live, 3 * hb_ms)
                 got += self.broker.autoclaim(q, self.name, int(self.settings.claim_after_s *
                                                                1000), self.prefetch)
                 if got:
@@ -216,6 +220,13 @@ class Consumer:
                                 len(got), q)
                     with self._lock:
                         self._buffer.extend(got)
+
+    def _claim_orphans(self, queue: str, held: set[str], min_idle_ms: int) -> list[Delivery]:
+        stream = keys.stream(self.settings.namespace, queue)
+        stale = self.broker.client.xpending_range(stream, keys.GROUP, "-", "+", self.prefetch,
+                                                  consumername=self.name, idle=min_idle_ms)
+        ids = [i for i in (_s(p["message_id"]) for p in stale) if i not in held]
+        return self.broker.claim(queue, self.name, ids, min_idle_ms)
 
     def _live_workers(self) -> set[str]:
         cutoff = now_ms() - 3 * int(self.settings.heartbeat_s * 1000)
@@ -289,7 +300,8 @@ class Consumer:
             pipe = self.broker.client.pipeline(transaction=False)
             info = dict(self.worker_info, last_heartbeat_ms=now_ms())
             pipe.hset(self.worker_key, mapping=info)
-            pipe.expire(self.worker_key, max(3, int(self.settings.heartbeat_s * 3) + 1))
+            # Kept for the hour a dead worker stays listed by `streamq status`.
+            pipe.expire(self.worker_key, 3600)
             pipe.zadd(keys.workers(self.settings.namespace), {self.worker_id: now_ms()})
             pipe.execute()
 

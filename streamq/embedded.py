@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from .errors import ConfigurationError, EmbeddedServerError
@@ -109,7 +110,7 @@ def _call(sock: Path, *args: str, timeout: float = 2.0) -> bytes | None:
 
 def _info(sock: Path) -> dict[str, str]:
     text = (_call(sock, "INFO", "server") or b"").decode(errors="replace")
-    return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
+    return dict(line.strip().partition(":")[::2] for line in text.splitlines() if ":" in line)
 
 
 def _wait_for_pong(sock: Path, alive: Callable[[], bool]) -> bool:
@@ -260,12 +261,13 @@ def run_server_foreground(project_dir: PathArg = None) -> int:
         try:
             if not _wait_for_pong(sock, lambda: proc.poll() is None):
                 code = proc.poll()
-                raise _start_failed(log, f"exited with code {code}" if code else "did not come up")
+                what = "did not come up" if code is None else f"exited with code {code}"
+                raise _start_failed(log, what)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-    previous = {}
+    previous: dict[signal.Signals, Any] = {}
     # Forward each signal once: a second SIGINT makes the server skip its clean shutdown.
     with contextlib.suppress(ValueError):  # handlers can only be set in the main thread
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -16,11 +16,13 @@ import os
 import secrets
 import signal
 import socket
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import keys
+from . import keys, metrics
 from .message import now_ms
 
 if TYPE_CHECKING:
@@ -50,7 +52,8 @@ class _Slot:
 
 class Supervisor:
     def __init__(self, app: StreamQ, queues: list[str], concurrency: int, *,
-                 prefetch: int | None = None, grace_s: float | None = None) -> None:
+                 prefetch: int | None = None, grace_s: float | None = None,
+                 reload_dirs: list[str] | None = None) -> None:
         self.app = app
         self.queues = queues
         self.concurrency = concurrency
@@ -60,6 +63,8 @@ class Supervisor:
         self._ctx = mp.get_context("fork")
         self._slots = [self._new_slot(i) for i in range(concurrency)]
         self._stop_requested = 0
+        self._reload_dirs = reload_dirs
+        self._reload_requested = threading.Event()
         self.restarts = 0
         self.started_ms = now_ms()
 
@@ -85,15 +90,54 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self._prune_registry()
+        observer = self._watch() if self._reload_dirs else None
         for slot in self._slots:
             self._spawn(slot)
         try:
-            while not self._stop_requested:
+            while not self._stop_requested and not self._reload_requested.is_set():
                 self.tick()
                 time.sleep(0.02)
-            return self._shutdown()
+            code = self._shutdown()
         finally:
+            if observer is not None:
+                observer.stop()
+                observer.join(5)
             self._deregister()
+        if self._reload_requested.is_set() and not self._stop_requested:
+            log.warning("Python files changed; restarting the worker.")
+            os.execv(sys.executable, [sys.executable, "-m", "streamq", *sys.argv[1:]])
+        return code
+
+    def _watch(self) -> Any:
+        """Watch the task modules' directories (``--reload``); a changed .py file asks
+        for a graceful restart, which re-imports everything in a fresh process."""
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        requested = self._reload_requested
+
+        class _OnPyChange(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                paths = (str(event.src_path), str(getattr(event, "dest_path", "") or ""))
+                if event.event_type in ("modified", "created", "moved", "deleted") and \
+                        any(p.endswith(".py") for p in paths):
+                    requested.set()
+
+        observer = Observer()
+        for d in self._reload_dirs or ():
+            observer.schedule(_OnPyChange(), d, recursive=True)
+        observer.start()
+        log.info("Watching %s for changes (--reload).", ", ".join(self._reload_dirs or ()))
+        return observer
+
+    def _prune_registry(self) -> None:
+        """Forget workers that stopped heartbeating over an hour ago (crashed hosts)."""
+        try:
+            self.app.broker.client.zremrangebyscore(keys.workers(self.app.settings.namespace),
+                                                    "-inf", now_ms() - 3_600_000)
+        except Exception as exc:
+            log.debug("Could not prune the worker registry: %s", exc)
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -115,6 +159,8 @@ class Supervisor:
         proc.join(0)
         code = proc.exitcode
         slot.process = None
+        if os.environ.get(metrics.ENV):
+            metrics.mark_process_dead(proc.pid)
         if slot.timed_out is None:
             log.error("Worker process %d (consumer %s) died with exit code %s; replacing it "
                       "and re-delivering its messages.", proc.pid, slot.consumer, code)
@@ -208,6 +254,8 @@ def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: 
 
     consumer = Consumer(app, queues, consumer_name, worker_id=worker_id, prefetch=prefetch,
                         on_start=on_start, timed_out=timed_out, worker_info=worker_info)
+    if os.environ.get(metrics.ENV):
+        consumer.executor.observers.append(metrics.task_observer())
 
     def stop(_signum: int, _frame: Any) -> None:
         consumer.stopping = True

@@ -129,3 +129,10 @@ def unserializable_result() -> object:
 @app.task(queue="other")
 def on_other_queue(x: int) -> int:
     return x * 10
+
+
+@app.task
+def nap(seconds: float, tag: int) -> int:
+    """Sleeps without touching the server (safe while the server is down)."""
+    time.sleep(seconds)
+    return tag

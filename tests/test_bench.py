@@ -1,0 +1,80 @@
+"""``streamq bench`` through the CLI with a tiny N: shape of the report, not speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+import streamq.cli_bench  # noqa: F401  (registers the command)
+from streamq.bench import CEILINGS, ROWS
+from streamq.cli import cli
+from tests.conftest import ROOT
+from tests.servers import ServerProcess
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                environ = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline or text.encode() in environ:
+                found.append(int(entry))
+    return found
+
+
+def test_bench_reports_every_row_as_ratio_of_its_ceiling(valkey: ServerProcess) -> None:
+    result = CliRunner().invoke(cli, ["bench", "--url", valkey.url, "-n", "300", "-c", "2",
+                                      "--json"])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    doc = json.loads(result.stdout)
+
+    assert set(doc["ceilings"]) == set(CEILINGS)
+    for ceiling in doc["ceilings"].values():
+        assert ceiling["value"] > 0
+    rows = {row["key"]: row for row in doc["rows"]}
+    assert list(rows) == list(ROWS)
+    for key, row in rows.items():
+        assert row["value"] > 0, key
+        assert isinstance(row["meets_target"], bool) and row["target"], key
+        if ROWS[key][2] is None:
+            assert row["ceiling"] is None and row["ratio"] is None, key
+        else:
+            assert row["ceiling"] == doc["ceilings"][ROWS[key][2]]["value"]
+            assert row["ratio"] == pytest.approx(row["value"] / row["ceiling"], rel=1e-3), key
+
+    assert doc["params"]["n"] == 300 and doc["params"]["concurrency"] == 2
+    versions = doc["versions"]
+    assert versions["server_name"] == "valkey" and versions["valkey_version"]
+    assert versions["redis_py"] and isinstance(versions["hiredis"], bool)
+    assert doc["details"]["roundtrip_samples"] > 0
+
+    ns = doc["params"]["namespace"]
+    assert _processes_mentioning(ns) == [], "bench worker processes left running"
+    client = redis.Redis.from_url(valkey.url)
+    try:
+        assert list(client.scan_iter(match=f"{ns}:*")) == [], "bench keys left behind"
+    finally:
+        client.close()
+
+
+def test_bench_with_unreachable_server_is_one_error_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import streamq.cli_bench; from streamq.cli import main; main()",
+         "bench", "--url", "redis://127.0.0.1:1/0", "-n", "10"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("streamq: error: cannot reach"), proc.stderr
+    assert proc.stdout == ""
