@@ -162,6 +162,10 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
     with app.broker.errors():
         resolved = app.broker.url
         app.broker.client.ping()
+        policy = app.broker.client.info("memory").get("maxmemory_policy")
+    if policy and policy != "noeviction":
+        log.warning("The server's maxmemory-policy is %s: under memory pressure it may evict "
+                    "queue keys and lose tasks. Set maxmemory-policy noeviction.", policy)
     app.configure(url=resolved)
     log.info("streamq worker starting: url=%s queues=%s concurrency=%d tasks=[%s]",
              mask_url(resolved), ",".join(qs), n, ", ".join(sorted(app.registry)))

@@ -213,7 +213,7 @@ def demo(count: int) -> None:
     env = dict(os.environ, STREAMQ_URL=url)
     worker = subprocess.Popen(
         [sys.executable, "-m", "streamq", "worker", "worker.tasks", "-c", "2",
-         "--log-level", "WARNING"], env=env)
+         "--log-level", "ERROR"], env=env)
     try:
         t0 = time.perf_counter()
         calls = []

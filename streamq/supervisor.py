@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _INFO_BYTES = 512
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _CRASH_WINDOW_S = 2.0
 
 
@@ -192,7 +193,13 @@ class Supervisor:
                   slot.deadline, slot.running, timed_out, self.worker_info),
             daemon=False,
         )
-        proc.start()
+        # Signals are blocked across the fork so one arriving before the child has
+        # installed its own handlers waits for them instead of running ours there.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         slot.process = proc
         slot.started_at = time.monotonic()
 
@@ -252,6 +259,7 @@ def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: 
         else:
             deadline.value = 0.0
 
+    # Signals are still blocked (see _spawn): build, install handlers, then unblock.
     consumer = Consumer(app, queues, consumer_name, worker_id=worker_id, prefetch=prefetch,
                         on_start=on_start, timed_out=timed_out, worker_info=worker_info)
     if os.environ.get(metrics.ENV):
@@ -263,6 +271,7 @@ def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: 
     signal.signal(signal.SIGTERM, stop)
     # Ctrl-C reaches the whole process group; the supervisor decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     try:
         consumer.run()
     except Exception:

@@ -165,3 +165,19 @@ def test_bad_options_and_urls_exit_2_with_one_line() -> None:
         assert out.returncode == 2, (args, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
         assert out.stderr.startswith("streamq: error:"), (args, out.stderr)
+
+
+def test_worker_warns_once_when_the_server_may_evict(tmp_path: Path, namespace: str,
+                                                     start_worker: Any) -> None:
+    from tests.servers import ServerProcess
+
+    srv = ServerProcess("valkey", tmp_path / "srv").start()
+    try:
+        client = srv._client(5)
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        client.close()
+        w = start_worker(srv.url, "-c", "1")
+        assert w.output().count("maxmemory-policy is allkeys-lru") == 1
+        assert w.stop() == 0
+    finally:
+        srv.stop()
