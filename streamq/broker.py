@@ -22,7 +22,7 @@ from .settings import Settings, mask_url
 log = logging.getLogger(__name__)
 
 _SCRIPT_NAMES = ("ack", "retry", "dead", "schedule", "promote", "heartbeat", "release",
-                 "requeue_dead")
+                 "requeue_dead", "records")
 
 
 def _load_lua(name: str) -> str:
@@ -140,14 +140,27 @@ class Broker:
             self.client.sadd(keys.queues(self.ns), queue)
         self._groups.add(queue)
 
-    def read(self, consumer: str, queues: list[str], count: int, block_ms: int | None
-             ) -> list[Delivery]:
-        """XREADGROUP new entries; recreates lost groups (server restarted empty)."""
+    def read(self, consumer: str, queues: list[str], count: int, block_ms: int | None,
+             pipe: Any = None) -> list[Delivery]:
+        """XREADGROUP new entries; recreates lost groups (server restarted empty).
+
+        With ``pipe`` (and no blocking) the read rides in the caller's pipeline,
+        after whatever writes it carries, so a flush and the next read are one
+        round trip."""
         streams = {keys.stream(self.ns, q): ">" for q in queues}
-        by_stream = {keys.stream(self.ns, q): q for q in queues}
         try:
-            reply = self.blocking_client.xreadgroup(keys.GROUP, consumer, streams,
-                                                    count=count, block=block_ms)
+            if pipe is None:
+                reply = self.blocking_client.xreadgroup(keys.GROUP, consumer, streams,
+                                                        count=count, block=block_ms)
+            else:
+                pipe.xreadgroup(keys.GROUP, consumer, streams, count=count)
+                replies = pipe.execute(raise_on_error=False)
+                for r in replies[:-1]:
+                    if isinstance(r, Exception):
+                        raise r
+                reply = replies[-1]
+                if isinstance(reply, Exception):
+                    raise reply
         except redis.ResponseError as exc:
             if not is_nogroup(exc):
                 raise
@@ -157,9 +170,9 @@ class Broker:
                 self.ensure_group(q, force=True)
             return []
         out: list[Delivery] = []
+        by_stream = {keys.stream(self.ns, q): q for q in queues}
         for stream_key, entries in reply or ():
-            queue = by_stream[stream_key.decode() if isinstance(stream_key, bytes)
-                              else stream_key]
+            queue = by_stream[_s(stream_key)]
             for entry_id, fields in entries:
                 out.append(Delivery(queue, _s(entry_id), fields.get(b"m") if fields else None))
         return out

@@ -128,9 +128,11 @@ class Consumer:
             with self._lock:
                 empty = not self._buffer
         if empty:
-            self.flush()
-            with self.broker.errors():
-                got = self.broker.read(self.name, self.queues, self.prefetch, self.block_ms)
+            got = self._flush_and_read()
+            if not got:
+                with self.broker.errors():
+                    got = self.broker.read(self.name, self.queues, self.prefetch,
+                                           self.block_ms)
             with self._lock:
                 self._buffer.extend(got)
         done = 0
@@ -163,6 +165,21 @@ class Consumer:
             self._running = d
         if self._on_start is not None:
             self._on_start(d, timeout)
+
+    def _flush_and_read(self) -> list[Delivery]:
+        """Write pending outcomes and read the next batch in one round trip."""
+        with self._lock:
+            batch, self._batch = self._batch, Batch()
+        pipe = self.broker.client.pipeline(transaction=False)
+        flush(self.app, batch, self.worker_key, pipe=pipe)
+        try:
+            with self.broker.errors():
+                return self.broker.read(self.name, self.queues, self.prefetch, None, pipe=pipe)
+        except Exception:
+            with self._lock:  # write them again next time (see flush)
+                batch.merge(self._batch)
+                self._batch = batch
+            raise
 
     def _finished(self, d: Delivery) -> None:
         with self._lock:

@@ -270,15 +270,20 @@ def _type_name(exc: BaseException) -> str:
         f"{cls.__module__}.{cls.__qualname__}"
 
 
-def flush(app: StreamQ, batch: Batch, worker_key: str | None = None) -> None:
-    """Write a batch's outcomes in one pipeline: records, moves, then acks."""
+def flush(app: StreamQ, batch: Batch, worker_key: str | None = None, pipe: Any = None
+          ) -> None:
+    """Write a batch's outcomes in one pipeline: records, moves, then acks.
+
+    With ``pipe`` the commands are only queued on it (the caller executes it)."""
     if not len(batch):
         return
     broker = app.broker
     ns, ttl = app.settings.namespace, app.settings.result_ttl
-    pipe = broker.client.pipeline(transaction=False)
-    for task_id, fields, final in batch.records:
-        results.write(pipe, ns, task_id, fields, ttl, final=final)
+    own_pipe = pipe is None
+    if own_pipe:
+        pipe = broker.client.pipeline(transaction=False)
+    if batch.records:
+        results.write_many(pipe, broker, ns, batch.records, ttl)
     for move in batch.moves:
         move(pipe)
     for queue, ids in batch.acks.items():
@@ -292,5 +297,6 @@ def flush(app: StreamQ, batch: Batch, worker_key: str | None = None) -> None:
             pipe.expire(stats_key, 3600)
             if worker_key:
                 pipe.hincrby(worker_key, outcome, n)
-    with broker.errors():
-        pipe.execute()
+    if own_pipe:
+        with broker.errors():
+            pipe.execute()

@@ -419,3 +419,26 @@ def test_dead_letters_requeue_and_purge(app: StreamQ, rclient: redis.Redis) -> N
     assert app.dead.purge("default") == 2
     assert app.dead.list() == []
     assert rclient.xlen(_stream(app)) == 0
+
+
+def test_batching_never_strands_work_behind_a_long_task(app: StreamQ,
+                                                        start_worker: Any) -> None:
+    """Celery #1933: messages prefetched by a process that then runs a long task are
+    handed back, and an idle process starts them within 1 s."""
+    long = tasks.sleep_then_count.delay("long-first", 6.0)
+    quick = tasks.record_start.map(["quick"] * 5)
+    # Alone, the first worker's first read takes all six in one batch.
+    w1 = start_worker(app.settings.url, "-c", "1", *FAST)
+    wait_until(lambda: tasks.count_of("long-first") == 1, message="long task started")
+    w2 = start_worker(app.settings.url, "-c", "1", *FAST)
+    t_idle = time.time() * 1000  # the second worker is up and idle from here
+    for r in quick:
+        r.get(timeout=15)
+    starts = [float(x.decode().split()[1]) for x in app.broker.client.lrange(
+        f"{app.settings.namespace}:starts:quick", 0, -1)]
+    assert len(starts) == 5
+    assert max(starts) - t_idle < 1000, f"started {max(starts) - t_idle:.0f} ms late"
+    assert "Handed back 5 prefetched message(s)" in w1.output()
+    assert long.status in ("STARTED", "PENDING")  # still running: nothing waited for it
+    assert long.get(timeout=15) == 1
+    assert w1.stop() == 0 and w2.stop() == 0
