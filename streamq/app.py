@@ -131,23 +131,31 @@ class StreamQ:
         ns, ttl = self.settings.namespace, self.settings.result_ttl
         broker = self.broker
         with broker.errors():
+            if len(prepared) == 1:
+                # One call, one command: no pipeline to build for the common delay().
+                message, due = prepared[0]
+                self._enqueue(broker.client, message, due, now_ms(), ns, ttl)
+                return [AsyncResult(message.id, self)]
             for start in range(0, len(prepared), _SEND_CHUNK):
                 pipe = broker.client.pipeline(transaction=False)
                 enq = now_ms()
                 for message, due in prepared[start:start + _SEND_CHUNK]:
-                    record = {"status": results.SCHEDULED if due else results.PENDING,
-                              "task": message.task, "queue": message.queue,
-                              "retries": 0, "enqueued_ms": enq, "eta_ms": due}
-                    # Keep a scheduled record alive at least until it is due.
-                    wait_s = max(0, (due - enq) // 1000) if due else 0
-                    results.write(pipe, ns, message.id, record, ttl + wait_s)
-                    encoded = message.encode()
-                    if due:
-                        broker.schedule(pipe, message.queue, message.id, due, encoded)
-                    else:
-                        broker.add(pipe, message.queue, encoded)
-                pipe.execute()
+                    self._enqueue(pipe, message, due, enq, ns, ttl)
+                broker.execute(pipe)
         return [AsyncResult(m.id, self) for m, _ in prepared]
+
+    def _enqueue(self, target: Any, message: Message, due: int | None, enq: int, ns: str,
+                 ttl: int) -> None:
+        broker = self.broker
+        record = {"status": results.SCHEDULED if due else results.PENDING,
+                  "task": message.task, "queue": message.queue, "retries": 0,
+                  "enqueued_ms": enq, "eta_ms": due}
+        # Keep a scheduled record alive at least until it is due.
+        wait_s = max(0, (due - enq) // 1000) if due else 0
+        broker.enqueue(target, keys.result(ns, message.id), record, ttl + wait_s,
+                       message.queue, message.id, message.encode(), due)
+        if broker.note_queue(message.queue):
+            target.sadd(keys.queues(ns), message.queue)
 
     def send_by_name(self, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None
                      = None, *, queue: str | None = None, countdown: float | None = None

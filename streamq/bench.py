@@ -1,40 +1,34 @@
-"""``streamq bench``: streamq next to the raw redis-py ceiling, in one run on one server.
+"""``streamq bench``: streamq next to the raw redis-py ceiling, in one run on one server,
+so the figures that matter are ratios. Each ceiling is measured interleaved with
+its streamq counterpart (enqueue: 5 alternating slices; drain: half the raw drain
+before the worker's drain and half after), so both sides see the same machine noise.
+Nothing here prints: phases are announced through ``progress``.
 
-Absolute numbers move with the machine; the ratios streamq/ceiling, measured
-minutes apart against the same server, move much less. Nothing here prints:
-phases are announced through the ``progress`` callback.
+Ceilings (raw redis-py, one connection, this process; entries carry one field ``m``
+of ``payload_bytes`` bytes): ``xadd_single`` XADD, one round trip each;
+``xadd_pipelined`` XADD in pipelines of 100 (which also fills the stream for the
+raw drain); ``raw_drain`` XREADGROUP COUNT 100 (one round trip) then XACK + XDEL
+of that batch pipelined (one round trip), N entries in all.
 
-Ceilings (raw redis-py, one connection, this process; every entry carries one
-field ``m`` of ``payload_bytes`` bytes):
+streamq, in a fresh namespace ``streamq-bench-<hex>`` deleted at the end:
+``delay`` N x ``task.delay()`` (to a queue no worker reads); ``map`` ``task.map()``
+of N calls in all, which the drain then runs; ``drain`` a real
+``python -m streamq worker streamq.bench_tasks -c C`` subprocess, timed from the
+FIRST STORED RESULT to the last (interpreter and worker start-up excluded; the
+tasks done at the first observation are not counted), completion read from the
+per-minute stats hashes (``succeeded``, the last write of each outcome pipeline)
+every 2 ms until the first result, then every 20 ms; ``roundtrip_p50``/``_p99``
+``delay()`` then ``.get()`` one at a time against one idle ``-c 1`` worker after
+a warm-up, in ms; ``idle_rss`` VmRSS of that worker's child process after the
+round trips, in MB (copy-on-write pages shared with the supervisor count in full).
 
-- ``xadd_single``: XADD, one round trip each, entries/s;
-- ``xadd_pipelined``: XADD in pipelines of 100, entries/s (this fills the stream
-  for the next one);
-- ``raw_drain``: XREADGROUP COUNT 100 (one round trip), then XACK + XDEL of that
-  batch pipelined (one round trip), until the N entries are gone, entries/s.
-
-streamq, in a fresh namespace ``streamq-bench-<hex>`` whose keys are all deleted
-at the end:
-
-- ``delay``: ``task.delay()`` N times, one at a time (to a queue no worker reads);
-- ``map``: one ``task.map()`` of N calls; these are the tasks the drain then runs;
-- ``drain``: a real ``python -m streamq worker streamq.bench_tasks -c C`` subprocess
-  runs them. Timed from the FIRST STORED RESULT to the last, so interpreter and
-  worker start-up are excluded; the tasks already done at the first observation
-  are not counted. Completion is read from the per-minute stats hashes (field
-  ``succeeded``, written last in each outcome pipeline): every 2 ms until the first
-  result, then every 20 ms;
-- ``roundtrip_p50``/``roundtrip_p99``: ``delay()`` then ``.get()``, one at a time,
-  against one idle ``-c 1`` worker (after a warm-up), in ms;
-- ``idle_rss``: VmRSS of that worker's child process (largest, if several) after
-  the round trips, in MB (shared copy-on-write pages of the fork count in full).
-
-Every subprocess is started in its own session and stopped by PID: SIGTERM, then
-SIGKILL of its process group after a timeout, also on errors and Ctrl-C.
+Subprocesses get their own session and are stopped by PID: SIGTERM, then SIGKILL
+of their process group after a timeout, also on errors and Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -58,26 +52,25 @@ from .errors import StreamQError
 from .settings import mask_url
 
 BATCH = 100
+ROUNDS = 5
 ROUNDTRIPS = 1000
 ROUNDTRIP_BUDGET_S = 30.0
 WARMUP = 20
 STOP_TIMEOUT_S = 15.0
 SINK_QUEUE = "bench-enqueue-only"
 
-# key: (label, unit, ceiling key or None, target applies to "ratio" or "value", op, bound)
-ROWS: dict[str, tuple[str, str, str | None, str, str, float]] = {
-    "delay": ("delay(), one at a time", "tasks/s", "xadd_single", "ratio", ">=", 0.80),
-    "map": ("map(), bulk enqueue", "tasks/s", "xadd_pipelined", "ratio", ">=", 0.50),
-    "drain": ("drain: worker runs noops", "tasks/s", "raw_drain", "ratio", ">=", 0.30),
-    "roundtrip_p50": ("delay()+get() p50", "ms", None, "value", "<", 1.0),
-    "roundtrip_p99": ("delay()+get() p99", "ms", None, "value", "<", 5.0),
-    "idle_rss": ("idle worker RSS", "MB", None, "value", "<", 60.0),
+# key: (label, unit, ceiling, target): with a ceiling, value/ceiling >= target;
+# without one, value < target.
+ROWS: dict[str, tuple[str, str, str | None, float]] = {
+    "delay": ("delay(), one at a time", "tasks/s", "xadd_single", 0.80),
+    "map": ("map(), bulk enqueue", "tasks/s", "xadd_pipelined", 0.50),
+    "drain": ("drain: worker runs noops", "tasks/s", "raw_drain", 0.30),
+    "roundtrip_p50": ("delay()+get() p50", "ms", None, 1.0),
+    "roundtrip_p99": ("delay()+get() p99", "ms", None, 5.0),
+    "idle_rss": ("idle worker RSS", "MB", None, 60.0),
 }
-CEILINGS = {
-    "xadd_single": "raw XADD",
-    "xadd_pipelined": "raw XADD pipelined x100",
-    "raw_drain": "raw XREADGROUP+XACK+XDEL",
-}
+CEILINGS = {"xadd_single": "raw XADD", "xadd_pipelined": "raw XADD pipelined x100",
+            "raw_drain": "raw XREADGROUP+XACK+XDEL"}
 
 
 class BenchError(StreamQError):
@@ -86,9 +79,7 @@ class BenchError(StreamQError):
 
 class _Clock:
     def __init__(self, limit_s: float) -> None:
-        self.limit_s = limit_s
-        self.end = time.monotonic() + limit_s
-        self.phase = "start-up"
+        self.limit_s, self.end, self.phase = limit_s, time.monotonic() + limit_s, "start-up"
 
     def check(self) -> None:
         if time.monotonic() > self.end:
@@ -120,12 +111,12 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
             versions = _versions(raw)
             say(f"server {versions['server_name']} {versions['server_version']} at "
                 f"{mask_url(resolved)}; namespace {ns}")
-            ceilings = _ceilings(raw, ns, n, b"x" * payload_bytes, clock, say)
-            measured, details = _streamq(app, raw, resolved, ns, n, concurrency,
-                                         "x" * payload_bytes, clock, say, procs)
+            measured, details = _measure(app, raw, resolved, ns, n, concurrency,
+                                         payload_bytes, clock, say, procs)
     finally:
         for proc in procs:
-            _stop(proc)
+            if not proc.bench_log.closed:  # type: ignore[attr-defined]  # not stopped yet
+                _stop(proc)
         if raw is not None:
             say("deleting the benchmark's keys")
             try:
@@ -134,18 +125,18 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
                 pass  # the server is gone: nothing to clean, and the first error wins
             raw.close()
         app.close()
+    ceilings = {k: {"measurement": v, "value": measured[k], "unit": "entries/s"}
+                for k, v in CEILINGS.items()}
     rows = []
-    for key, (label, unit, ceiling_key, applies, op, bound) in ROWS.items():
+    for key, (label, unit, ceiling_key, bound) in ROWS.items():
         value = measured[key]
-        ceiling = ceilings[ceiling_key]["value"] if ceiling_key else None
+        ceiling = measured[ceiling_key] if ceiling_key else None
         ratio = round(value / ceiling, 4) if ceiling else None
-        checked = ratio if applies == "ratio" else value
-        ok = checked is not None and (checked >= bound if op == ">=" else checked < bound)
-        target = f"{op} {bound:.2f}" if applies == "ratio" else f"{op} {bound:g} {unit}"
         rows.append({"key": key, "measurement": label, "value": value, "unit": unit,
                      "ceiling": ceiling, "ceiling_key": ceiling_key,
-                     "ceiling_measurement": CEILINGS.get(ceiling_key or ""),
-                     "ratio": ratio, "target": target, "meets_target": bool(ok)})
+                     "ceiling_measurement": CEILINGS.get(ceiling_key or ""), "ratio": ratio,
+                     "target": f">= {bound:.2f}" if ceiling_key else f"< {bound:g} {unit}",
+                     "meets_target": ratio >= bound if ratio is not None else value < bound})
     return {
         "params": {"url": mask_url(resolved), "n": n, "concurrency": concurrency,
                    "payload_bytes": payload_bytes, "namespace": ns,
@@ -155,99 +146,81 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
     }
 
 
-# -- ceilings --------------------------------------------------------------------------------
-def _ceilings(r: redis.Redis, ns: str, n: int, value: bytes, clock: _Clock,
-              say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    stream, group, fields = f"{ns}:raw:stream", "bench", {"m": value}
-    clock.phase = "raw XADD"
-    say(f"ceiling: {n} raw XADD round trips")
+# -- measurements ------------------------------------------------------------------------------
+def _timed(clock: _Clock, phase: str, steps: int, step: Callable[[], Any]) -> float:
+    """Seconds taken by ``steps`` calls of ``step()``."""
+    clock.phase = phase
     t0 = time.perf_counter()
-    for i in range(n):
-        r.xadd(stream, fields)
+    for i in range(steps):
+        step()
         if not i & 63:
             clock.check()
-    single = n / (time.perf_counter() - t0)
-    r.delete(stream)
+    return time.perf_counter() - t0
 
-    clock.phase = "raw pipelined XADD"
-    say(f"ceiling: {n} raw XADD in pipelines of {BATCH}")
-    t0 = time.perf_counter()
-    for start in range(0, n, BATCH):
-        pipe = r.pipeline(transaction=False)
-        for _ in range(min(BATCH, n - start)):
-            pipe.xadd(stream, fields)
-        pipe.execute()
-        clock.check()
-    pipelined = n / (time.perf_counter() - t0)
 
+def _raw_drain(r: redis.Redis, stream: str, count: int, clock: _Clock) -> float:
+    """Seconds to read, ack and delete ``count`` entries of ``stream`` in batches."""
     clock.phase = "raw drain"
-    say(f"ceiling: raw drain of {n} entries")
-    r.xgroup_create(stream, group, "0")
-    done = 0
-    t0 = time.perf_counter()
-    while True:
-        reply = r.xreadgroup(group, "c", {stream: ">"}, count=BATCH)
-        entries = _entries(reply)
-        if not entries:
-            break
+    done, t0 = 0, time.perf_counter()
+    while done < count and (entries := [
+            e for _s, es in r.xreadgroup("bench", "c", {stream: ">"},
+                                          count=min(BATCH, count - done)) or () for e in es]):
         ids = [entry_id for entry_id, _ in entries]
-        pipe = r.pipeline(transaction=False)
-        pipe.xack(stream, group, *ids)
-        pipe.xdel(stream, *ids)
-        pipe.execute()
+        r.pipeline(transaction=False).xack(stream, "bench", *ids).xdel(stream, *ids).execute()
         done += len(ids)
         clock.check()
-    drain = done / (time.perf_counter() - t0)
-    r.delete(stream)
-    values = {"xadd_single": single, "xadd_pipelined": pipelined, "raw_drain": drain}
-    return {k: {"measurement": CEILINGS[k], "value": round(v, 1), "unit": "entries/s"}
-            for k, v in values.items()}
+    return time.perf_counter() - t0
 
 
-def _entries(reply: Any) -> list[Any]:
-    """The (id, fields) pairs of an XREADGROUP reply on one stream (RESP2)."""
-    return [entry for _stream, entries in reply or () for entry in entries]
-
-
-# -- streamq -----------------------------------------------------------------------------------
-def _streamq(app: StreamQ, r: redis.Redis, url: str, ns: str, n: int, concurrency: int,
-             payload: str, clock: _Clock, say: Callable[[str], None],
+def _measure(app: StreamQ, r: redis.Redis, url: str, ns: str, n: int, concurrency: int,
+             payload_bytes: int, clock: _Clock, say: Callable[[str], None],
              procs: list[subprocess.Popen[bytes]]) -> tuple[dict[str, float], dict[str, Any]]:
-    fn = bench_tasks.noop.fn
-    queue = bench_tasks.noop.options.queue
+    fn, queue = bench_tasks.noop.fn, bench_tasks.noop.options.queue
     noop = app.task(name=bench_tasks.NOOP_NAME, queue=queue)(fn)
     sink = app.task(name="streamq.bench.enqueue_only", queue=SINK_QUEUE)(fn)
-    args: tuple[Any, ...] = (payload,) if payload else ()
-    out: dict[str, float] = {}
-    details: dict[str, Any] = {}
+    args: tuple[Any, ...] = ("x" * payload_bytes,) if payload_bytes else ()
+    single, stream, fields = f"{ns}:raw:single", f"{ns}:raw:stream", {"m": b"x" * payload_bytes}
 
-    clock.phase = "delay()"
-    say(f"streamq: {n} x delay()")
-    t0 = time.perf_counter()
-    for i in range(n):
-        sink.delay(*args)
-        if not i & 63:
-            clock.check()
-    out["delay"] = round(n / (time.perf_counter() - t0), 1)
+    def xadd_pipelined(count: int) -> None:
+        for start in range(0, count, BATCH):
+            pipe = r.pipeline(transaction=False)
+            for _ in range(min(BATCH, count - start)):
+                pipe.xadd(stream, fields)
+            pipe.execute()
 
-    clock.phase = "map()"
-    say(f"streamq: map() of {n} calls")
-    t0 = time.perf_counter()
-    noop.map([args] * n)
-    out["map"] = round(n / (time.perf_counter() - t0), 1)
+    say(f"enqueue: raw XADD, delay(), raw pipelined XADD, map(): {ROUNDS} alternating "
+        f"slices of {n} in all")
+    secs = dict.fromkeys(("xadd_single", "delay", "xadd_pipelined", "map"), 0.0)
+    for size in [n // ROUNDS + (i < n % ROUNDS) for i in range(ROUNDS)]:
+        if size:
+            secs["xadd_single"] += _timed(clock, "raw XADD", size,
+                                          lambda: r.xadd(single, fields))
+            secs["delay"] += _timed(clock, "delay()", size, lambda: sink.delay(*args))
+            secs["xadd_pipelined"] += _timed(clock, "raw pipelined XADD", 1,
+                                             lambda: xadd_pipelined(size))
+            secs["map"] += _timed(clock, "map()", 1,
+                                  lambda: noop.map([args] * size))
+    r.delete(single)
+    out = {k: round(n / v, 1) for k, v in secs.items()}
 
+    say(f"drain: raw drain of {n // 2}, a worker with {concurrency} process(es) drains "
+        f"{n} tasks, raw drain of {n - n // 2}")
+    r.xgroup_create(stream, "bench", "0")
+    raw_s = _raw_drain(r, stream, n // 2, clock)
     clock.phase = "drain"
-    say(f"streamq: a worker with {concurrency} process(es) drains {n} tasks")
     minute0 = int(time.time() // 60)
-    t_spawn = time.perf_counter()
+    t_spawn = t_prev = t_progress = time.perf_counter()
     proc = _start_worker(url, ns, concurrency, procs)
     first: tuple[float, int] | None = None
-    t_prev = t_spawn
+    last, gap = 0, 0.0
     while True:
         done = _succeeded(r, ns, queue, minute0)
         now = time.perf_counter()
         if done and first is None:
             first = (now, done) if done < n else (t_prev, 0)  # all done between two polls
+        if done != last:
+            last, t_progress = done, now
+        gap = max(gap, now - t_progress) if first else 0.0
         if done >= n:
             break
         _check_alive(proc)
@@ -256,24 +229,27 @@ def _streamq(app: StreamQ, r: redis.Redis, url: str, ns: str, n: int, concurrenc
         time.sleep(0.02 if first else 0.002)
     assert first is not None
     out["drain"] = round((n - first[1]) / max(now - first[0], 1e-6), 1)
-    details.update(drain_first_result_s=round(first[0] - t_spawn, 3),
-                   drain_counted_tasks=n - first[1], drain_timed_s=round(now - first[0], 4))
+    details: dict[str, Any] = {
+        "drain_first_result_s": round(first[0] - t_spawn, 3),
+        "drain_counted_tasks": n - first[1], "drain_timed_s": round(now - first[0], 4),
+        "drain_longest_stall_s": round(gap, 3)}
     _stop(proc)
+    raw_s += _raw_drain(r, stream, n - n // 2, clock)
+    out["raw_drain"] = round(n / raw_s, 1)
+    r.delete(stream)
 
-    clock.phase = "round trips"
     say("streamq: round trips against one idle -c 1 worker")
+    clock.phase = "round trips"
     proc = _start_worker(url, ns, 1, procs)
     _wait_registered(r, ns, proc, clock)
     for _ in range(WARMUP):
         noop.delay(*args).get(timeout=10)
     samples: list[float] = []
     budget = time.monotonic() + ROUNDTRIP_BUDGET_S
-    for _ in range(min(ROUNDTRIPS, n)):
+    while len(samples) < min(ROUNDTRIPS, n) and time.monotonic() < budget:
         t0 = time.perf_counter()
         noop.delay(*args).get(timeout=10)
         samples.append((time.perf_counter() - t0) * 1000)
-        if time.monotonic() > budget:
-            break
         clock.check()
     samples.sort()
     out["roundtrip_p50"] = round(_percentile(samples, 0.50), 3)
@@ -284,8 +260,7 @@ def _streamq(app: StreamQ, r: redis.Redis, url: str, ns: str, n: int, concurrenc
 
     clock.phase = "idle RSS"
     time.sleep(0.5)
-    children = _children(proc.pid)
-    rss = [_rss_mb(pid) for pid in children]
+    rss = [_rss_mb(pid) for pid in _children(proc.pid)]
     if not rss:
         raise BenchError("the -c 1 worker has no child process to measure")
     out["idle_rss"] = round(max(rss), 1)
@@ -311,12 +286,11 @@ def _succeeded(r: redis.Redis, ns: str, queue: str, minute0: int) -> int:
 # -- worker processes --------------------------------------------------------------------------
 def _start_worker(url: str, ns: str, concurrency: int,
                   procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    # The URL goes on the command line unless it holds a password (then: environment only).
-    parts = urlsplit(url)
-    secret = parts.password is not None or "password=" in parts.query
-    cmd = [sys.executable, "-m", "streamq", "worker", "streamq.bench_tasks",
-           "-c", str(concurrency), *([] if secret else ["--url", url]),
-           "--namespace", ns, "--log-level", "WARNING"]
+    # A URL holding a password goes in the environment only, not on the command line.
+    secret = urlsplit(url).password is not None or "password=" in url
+    cmd = [sys.executable, "-m", "streamq", "worker", "streamq.bench_tasks", "-c",
+           str(concurrency), *([] if secret else ["--url", url]), "--namespace", ns,
+           "--log-level", "WARNING"]
     env = dict(os.environ, STREAMQ_URL=url, STREAMQ_NAMESPACE=ns)
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -326,26 +300,19 @@ def _start_worker(url: str, ns: str, concurrency: int,
     return proc
 
 
-def _log_tail(proc: subprocess.Popen[bytes], lines: int = 5) -> str:
-    log: IO[bytes] | None = getattr(proc, "bench_log", None)
-    if log is None or log.closed:
-        return ""
-    log.seek(0)
-    return " | ".join(log.read().decode(errors="replace").strip().splitlines()[-lines:])
-
-
 def _check_alive(proc: subprocess.Popen[bytes]) -> None:
-    code = proc.poll()
-    if code is not None:
-        raise BenchError(f"the bench worker exited with code {code}: "
-                         f"{_log_tail(proc) or 'no output'}")
+    if proc.poll() is not None:
+        log: IO[bytes] = proc.bench_log  # type: ignore[attr-defined]
+        log.seek(0)
+        tail = " | ".join(log.read().decode(errors="replace").strip().splitlines()[-5:])
+        raise BenchError(f"the bench worker exited with code {proc.returncode}: "
+                         f"{tail or 'no output'}")
 
 
 def _wait_registered(r: redis.Redis, ns: str, proc: subprocess.Popen[bytes],
                      clock: _Clock, timeout_s: float = 30.0) -> None:
     """Until the worker's process has registered (its first heartbeat): it is reading."""
-    mark = f":{proc.pid}:".encode()
-    end = time.monotonic() + timeout_s
+    mark, end = f":{proc.pid}:".encode(), time.monotonic() + timeout_s
     while not any(mark in m for m in r.zrange(keys.workers(ns), 0, -1)):
         _check_alive(proc)
         clock.check()
@@ -359,75 +326,50 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     try:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                pass
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what it started
-        except (ProcessLookupError, PermissionError):
-            pass
         proc.wait()
-        log = getattr(proc, "bench_log", None)
-        if log is not None:
-            log.close()
+        proc.bench_log.close()  # type: ignore[attr-defined]
 
 
 def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc/*/stat: the field after ``(comm)``)."""
     out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
+                if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+        except (OSError, ValueError, IndexError):
             continue
-        if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
-            out.append(int(entry))
     return sorted(out)
 
 
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+        return next(int(x.split()[1]) / 1024 for x in f if x.startswith("VmRSS:"))
 
 
 # -- the rest ------------------------------------------------------------------------------------
 def _versions(r: redis.Redis) -> dict[str, Any]:
     from redis.utils import HIREDIS_AVAILABLE
 
-    def dist(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
     info = r.info("server")
-    name = str(info.get("server_name") or ("valkey" if "valkey_version" in info else "redis"))
+    valkey = str(info["valkey_version"]) if "valkey_version" in info else None
     return {
-        "python": platform.python_version(), "streamq": dist("streamq"),
-        "redis_py": dist("redis"), "hiredis": bool(HIREDIS_AVAILABLE),
-        "hiredis_version": dist("hiredis") if HIREDIS_AVAILABLE else None,
-        "server_name": name,
-        "server_version": str(info.get("valkey_version") or info.get("redis_version")),
-        "redis_version": str(info.get("redis_version")),
-        "valkey_version": str(info["valkey_version"]) if "valkey_version" in info else None,
+        "python": platform.python_version(), "streamq": metadata.version("streamq"),
+        "redis_py": metadata.version("redis"), "hiredis": bool(HIREDIS_AVAILABLE),
+        "hiredis_version": metadata.version("hiredis") if HIREDIS_AVAILABLE else None,
+        "server_name": str(info.get("server_name") or ("valkey" if valkey else "redis")),
+        "server_version": valkey or str(info.get("redis_version")),
+        "redis_version": str(info.get("redis_version")), "valkey_version": valkey,
         "cpus": os.cpu_count(),
     }
 
 
 def _delete_namespace(r: redis.Redis, ns: str) -> int:
-    deleted, batch = 0, []
-    for key in r.scan_iter(match=f"{ns}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            deleted += r.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += r.unlink(*batch)
-    return deleted
+    found = list(r.scan_iter(match=f"{ns}:*", count=1000))
+    return sum(r.unlink(*found[i:i + 1000]) for i in range(0, len(found), 1000))

@@ -7,6 +7,7 @@ Hot-path calls take a pipeline so callers batch them into one round trip.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -21,12 +22,16 @@ from .settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
 
-_SCRIPT_NAMES = ("ack", "retry", "dead", "schedule", "promote", "heartbeat", "release",
-                 "requeue_dead", "records")
+_SCRIPT_NAMES = ("ack", "retry", "dead", "promote", "heartbeat", "release", "requeue_dead",
+                 "records", "enqueue")
 
 
 def _load_lua(name: str) -> str:
     return resources.files("streamq").joinpath(f"lua/{name}.lua").read_text("utf-8")
+
+
+_LUA = {name: _load_lua(name) for name in _SCRIPT_NAMES}
+_SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _LUA.items()}
 
 
 @dataclass(slots=True)
@@ -49,7 +54,6 @@ class Broker:
         self._url: str | None = None
         self._client: redis.Redis | None = None
         self._blocking: redis.Redis | None = None
-        self._scripts: dict[str, Any] = {}
         self._known_queues: set[str] = set()
         self._groups: set[str] = set()
         self._local = threading.local()
@@ -100,30 +104,74 @@ class Broker:
             if c is not None:
                 c.close()
         self._client = self._blocking = None
-        self._scripts.clear()
 
-    def script(self, name: str) -> Any:
-        s = self._scripts.get(name)
-        if s is None:
-            s = self._scripts[name] = self.client.register_script(_load_lua(name))
-        return s
+    # -- scripts -------------------------------------------------------------------------
+    # EVALSHA is sent directly (not through redis-py's Script in a pipeline, which costs
+    # a SCRIPT EXISTS round trip per execute); a server that lost its script cache
+    # answers NOSCRIPT, and only those commands are sent again after a reload.
+    def evalsha(self, target: Any, name: str, keys_: list[str], args: list[Any]) -> Any:
+        """Queue one script by SHA on a pipeline, or run it now when ``target`` is
+        the client itself."""
+        if target is self._client:
+            return self.call(name, keys_, args)
+        return target.evalsha(_SHA[name], len(keys_), *keys_, *args)
+
+    def call(self, name: str, keys_: list[str], args: list[Any]) -> Any:
+        """Run one script now (loading the scripts if the server lost them)."""
+        try:
+            return self.client.evalsha(_SHA[name], len(keys_), *keys_, *args)
+        except redis.exceptions.NoScriptError:
+            self._load_scripts()
+            return self.client.evalsha(_SHA[name], len(keys_), *keys_, *args)
+
+    def execute(self, pipe: Any) -> list[Any]:
+        """Execute a pipeline, re-sending commands that met NOSCRIPT; the first other
+        error is raised after every command has run."""
+        stack = list(pipe.command_stack)
+        replies = pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(replies)
+                   if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:
+            self._load_scripts()
+            again = self.client.pipeline(transaction=False)
+            for i in missing:
+                args, options = stack[i]
+                again.execute_command(*args, **options)
+            for i, r in zip(missing, again.execute(raise_on_error=False), strict=True):
+                replies[i] = r
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies
+
+    def _load_scripts(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for name in _SCRIPT_NAMES:
+            pipe.script_load(_LUA[name])
+        pipe.execute()
 
     # -- producing --------------------------------------------------------------
-    def add(self, pipe: Any, queue: str, encoded: str) -> None:
-        pipe.xadd(keys.stream(self.ns, queue), {"m": encoded})
-        if queue not in self._known_queues:
-            pipe.sadd(keys.queues(self.ns), queue)
-            self._known_queues.add(queue)
+    def enqueue(self, target: Any, record_key: str, record: dict[str, Any], ttl_s: int,
+                queue: str, task_id: str, encoded: str, due_ms: int | None) -> Any:
+        """The record and the message (stream, or delayed set when ``due_ms``) in one
+        script call, queued on a pipeline or run on a client."""
+        if due_ms:
+            keys_ = [record_key, keys.delayed(self.ns, queue), keys.delayed_messages(self.ns,
+                                                                                    queue)]
+        else:
+            keys_ = [record_key, keys.stream(self.ns, queue)]
+        args: list[Any] = [ttl_s, encoded, due_ms or "", task_id]
+        for k, v in record.items():
+            if v is not None:
+                args += [k, v]
+        return self.evalsha(target, "enqueue", keys_, args)
 
-    def schedule(self, pipe: Any, queue: str, task_id: str, due_ms: int, encoded: str) -> None:
-        self.script("schedule")(
-            keys=[keys.delayed(self.ns, queue), keys.delayed_messages(self.ns, queue)],
-            args=[task_id, due_ms, encoded],
-            client=pipe,
-        )
-        if queue not in self._known_queues:
-            pipe.sadd(keys.queues(self.ns), queue)
-            self._known_queues.add(queue)
+    def note_queue(self, queue: str) -> bool:
+        """True the first time this process enqueues to ``queue`` (then SADD it)."""
+        if queue in self._known_queues:
+            return False
+        self._known_queues.add(queue)
+        return True
 
     # -- consuming ----------------------------------------------------------------
     def ensure_group(self, queue: str, *, force: bool = False) -> None:
@@ -154,13 +202,7 @@ class Broker:
                                                         count=count, block=block_ms)
             else:
                 pipe.xreadgroup(keys.GROUP, consumer, streams, count=count)
-                replies = pipe.execute(raise_on_error=False)
-                for r in replies[:-1]:
-                    if isinstance(r, Exception):
-                        raise r
-                reply = replies[-1]
-                if isinstance(reply, Exception):
-                    raise reply
+                reply = self.execute(pipe)[-1]
         except redis.ResponseError as exc:
             if not is_nogroup(exc):
                 raise
@@ -210,47 +252,39 @@ class Broker:
                 for i, (_, f) in zip(ids, entries, strict=True)]
 
     def ack(self, pipe: Any, queue: str, entry_ids: list[str]) -> None:
-        self.script("ack")(keys=[keys.stream(self.ns, queue)], args=[keys.GROUP, *entry_ids],
-                           client=pipe)
+        self.evalsha(pipe, "ack", [keys.stream(self.ns, queue)], [keys.GROUP, *entry_ids])
 
     def retry(self, pipe: Any, consumer: str, d: Delivery, task_id: str, due_ms: int,
               encoded: str) -> None:
         q = d.queue
-        self.script("retry")(
-            keys=[keys.stream(self.ns, q), keys.delayed(self.ns, q),
-                  keys.delayed_messages(self.ns, q)],
-            args=[keys.GROUP, consumer, d.entry_id, task_id, due_ms, encoded],
-            client=pipe,
-        )
+        self.evalsha(pipe, "retry",
+                     [keys.stream(self.ns, q), keys.delayed(self.ns, q),
+                      keys.delayed_messages(self.ns, q)],
+                     [keys.GROUP, consumer, d.entry_id, task_id, due_ms, encoded])
 
     def dead_letter(self, pipe: Any, consumer: str, d: Delivery, *, reason: str, task: str,
                     task_id: str, at_ms: int, retries: int) -> None:
         q = d.queue
-        self.script("dead")(
-            keys=[keys.stream(self.ns, q), keys.dead(self.ns, q)],
-            args=[keys.GROUP, consumer, d.entry_id, d.raw or b"", reason, task, task_id,
-                  at_ms, d.deliveries, retries],
-            client=pipe,
-        )
+        self.evalsha(pipe, "dead", [keys.stream(self.ns, q), keys.dead(self.ns, q)],
+                     [keys.GROUP, consumer, d.entry_id, d.raw or b"", reason, task, task_id,
+                      at_ms, d.deliveries, retries])
 
     def heartbeat(self, queue: str, consumer: str, entry_ids: list[str]) -> list[str]:
         """Refresh idle time of entries still ours; returns the ids we lost."""
-        lost = self.script("heartbeat")(keys=[keys.stream(self.ns, queue)],
-                                        args=[keys.GROUP, consumer, *entry_ids])
+        lost = self.call("heartbeat", [keys.stream(self.ns, queue)],
+                         [keys.GROUP, consumer, *entry_ids])
         return [_s(x) for x in lost]
 
     def release(self, queue: str, consumer: str, items: list[tuple[str, bytes]]) -> int:
         args: list[Any] = [keys.GROUP, consumer]
         for entry_id, raw in items:
             args += [entry_id, raw]
-        return int(self.script("release")(keys=[keys.stream(self.ns, queue)], args=args))
+        return int(self.call("release", [keys.stream(self.ns, queue)], args))
 
     def promote(self, queue: str, now_ms: int, limit: int = 500) -> tuple[int, int | None]:
-        moved, nxt = self.script("promote")(
-            keys=[keys.delayed(self.ns, queue), keys.delayed_messages(self.ns, queue),
-                  keys.stream(self.ns, queue)],
-            args=[now_ms, limit],
-        )
+        moved, nxt = self.call("promote", [keys.delayed(self.ns, queue),
+                                           keys.delayed_messages(self.ns, queue),
+                                           keys.stream(self.ns, queue)], [now_ms, limit])
         return int(moved), (None if int(nxt) < 0 else int(nxt))
 
     def queues(self) -> list[str]:

@@ -42,8 +42,9 @@ def render(report: dict[str, Any], console: Console) -> None:
                   f", python {v['python']}, {v['cpus']} cpu(s)")
     console.print(f"drain timed from the first stored result ({d['drain_first_result_s']}s "
                   f"after the worker was started) to the last: {d['drain_counted_tasks']} tasks "
-                  f"in {d['drain_timed_s']}s; round trips: {d['roundtrip_samples']} samples; "
-                  f"total {report['elapsed_s']}s", style="dim")
+                  f"in {d['drain_timed_s']}s (longest stall {d['drain_longest_stall_s']}s); "
+                  f"round trips: {d['roundtrip_samples']} samples; total {report['elapsed_s']}s",
+                  style="dim")
 
 
 @cli.command()
@@ -80,7 +81,7 @@ def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, as_json
         if status is not None:
             status.update(message)
         else:
-            err.print(f"bench: {message}", style="dim")
+            err.print(f"bench: {message}", style="dim", soft_wrap=True)
 
     if status is not None:
         status.start()
@@ -92,4 +93,7 @@ def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, as_json
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        render(report, Console(highlight=False))
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            console.width = 120  # a file or pipe: room for the whole table
+        render(report, console)

@@ -101,15 +101,15 @@ class DeadLetters:
                 continue
             with broker.errors():
                 pipe = broker.client.pipeline(transaction=False)
-                broker.script("requeue_dead")(keys=[keys.dead(ns, dl.queue),
-                                                    keys.stream(ns, dl.queue)],
-                                              args=[dl.entry_id, encoded], client=pipe)
+                broker.evalsha(pipe, "requeue_dead",
+                               [keys.dead(ns, dl.queue), keys.stream(ns, dl.queue)],
+                               [dl.entry_id, encoded])
                 results.write(pipe, ns, msg.id, {"status": results.PENDING, "retries": 0,
                                                  "task": msg.task, "queue": msg.queue,
                                                  "enqueued_ms": now_ms()}, ttl)
                 pipe.hdel(keys.result(ns, msg.id), "exc_type", "exc_message", "traceback",
                           "reason", "result", "finished_ms", "dead_at_ms")
-                moved += int(pipe.execute()[0])
+                moved += int(broker.execute(pipe)[0])
             if progress is not None:
                 progress(1)
         return moved

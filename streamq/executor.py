@@ -299,4 +299,4 @@ def flush(app: StreamQ, batch: Batch, worker_key: str | None = None, pipe: Any =
                 pipe.hincrby(worker_key, outcome, n)
     if own_pipe:
         with broker.errors():
-            pipe.execute()
+            broker.execute(pipe)

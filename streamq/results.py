@@ -54,7 +54,7 @@ def write_many(pipe: Any, broker: Any, ns: str,
         args += [keys.done_channel(ns, task_id) if final else "", len(items)]
         for k, v in items:
             args += [k, v]
-    broker.script("records")(keys=keys_, args=args, client=pipe)
+    broker.evalsha(pipe, "records", keys_, args)
 
 
 def decode_record(raw: dict[bytes, bytes]) -> dict[str, Any]:
