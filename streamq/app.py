@@ -23,6 +23,7 @@ from .task import P, R, Task, TaskOptions
 log = logging.getLogger(__name__)
 
 _SEND_CHUNK = 500
+_SCRIPT_RUN = 100  # messages per enqueue_many call: bounds how long one call blocks the server
 
 
 class StreamQ:
@@ -139,8 +140,30 @@ class StreamQ:
             for start in range(0, len(prepared), _SEND_CHUNK):
                 pipe = broker.client.pipeline(transaction=False)
                 enq = now_ms()
-                for message, due in prepared[start:start + _SEND_CHUNK]:
-                    self._enqueue(pipe, message, due, enq, ns, ttl)
+                chunk = prepared[start:start + _SEND_CHUNK]
+                # Calls of one task to one queue, due now, share one record template:
+                # one script call per run of them (map()'s case).
+                i = 0
+                while i < len(chunk):
+                    message, due = chunk[i]
+                    j = i + 1
+                    if due is None:
+                        while j < len(chunk) and j - i < _SCRIPT_RUN and chunk[j][1] is None \
+                                and chunk[j][0].task == message.task \
+                                and chunk[j][0].queue == message.queue:
+                            j += 1
+                    if j - i == 1:
+                        self._enqueue(pipe, message, due, enq, ns, ttl)
+                    else:
+                        run = [m for m, _ in chunk[i:j]]
+                        record = {"status": results.PENDING, "task": message.task,
+                                  "queue": message.queue, "retries": 0, "enqueued_ms": enq}
+                        broker.enqueue_many(pipe, message.queue,
+                                            [keys.result(ns, m.id) for m in run], record, ttl,
+                                            [m.encode() for m in run])
+                        if broker.note_queue(message.queue):
+                            pipe.sadd(keys.queues(ns), message.queue)
+                    i = j
                 broker.execute(pipe)
         return [AsyncResult(m.id, self) for m, _ in prepared]
 
@@ -174,7 +197,8 @@ class StreamQ:
                                            what=f"the arguments of task {name}")
         due = due_ms_from(countdown, None)
         msg = Message(id=new_task_id(), task=name, queue=queue or self.settings.default_queue,
-                      content_type=ct, content_encoding=ce, body=body, eta_ms=due)
+                      content_type=ct, content_encoding=ce, body=body, enqueued_ms=now_ms(),
+                      eta_ms=due)
         return self.send([(msg, due)])[0]
 
     def queue_keys(self, queue: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from .settings import Settings, mask_url
 log = logging.getLogger(__name__)
 
 _SCRIPT_NAMES = ("ack", "retry", "dead", "promote", "heartbeat", "release", "requeue_dead",
-                 "records", "enqueue")
+                 "records", "enqueue", "enqueue_many")
 
 
 def _load_lua(name: str) -> str:
@@ -165,6 +165,16 @@ class Broker:
             if v is not None:
                 args += [k, v]
         return self.evalsha(target, "enqueue", keys_, args)
+
+    def enqueue_many(self, pipe: Any, queue: str, record_keys: list[str],
+                     record: dict[str, Any], ttl_s: int, encoded: list[str]) -> None:
+        """Messages of one queue that share one record template, in one script call."""
+        fv: list[Any] = []
+        for k, v in record.items():
+            if v is not None:
+                fv += [k, v]
+        self.evalsha(pipe, "enqueue_many", [keys.stream(self.ns, queue), *record_keys],
+                     [ttl_s, len(fv) // 2, *fv, *encoded])
 
     def note_queue(self, queue: str) -> bool:
         """True the first time this process enqueues to ``queue`` (then SADD it)."""

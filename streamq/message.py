@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
-import uuid
-from dataclasses import dataclass, field, replace
-from typing import Any
+from json.encoder import encode_basestring as _quote
+from typing import Any, NamedTuple
 
 from .errors import DecodeError
 
@@ -20,16 +20,17 @@ SCHEMA_VERSION = 1
 
 
 def new_task_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (the shape of ``uuid4().hex``, at a fifth of the cost)."""
+    return os.urandom(16).hex()
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One call of one task.
+class Message(NamedTuple):
+    """One call of one task (immutable; a NamedTuple because enqueue builds one per
+    call and a frozen dataclass costs several times more to construct).
 
     ``retries`` counts the attempts that failed and were retried so far; the
     delivery count of the current attempt comes from the stream's pending list.
@@ -42,31 +43,26 @@ class Message:
     content_encoding: str
     body: bytes | str
     retries: int = 0
-    enqueued_ms: int = field(default_factory=now_ms)
+    enqueued_ms: int = 0
     eta_ms: int | None = None
     last_error: str | None = None
     version: int = SCHEMA_VERSION
 
     def encode(self) -> str:
+        """The JSON envelope, written directly (this runs once per enqueued call)."""
         body = self.body
         binary = isinstance(body, bytes | bytearray)
-        doc: dict[str, Any] = {
-            "v": self.version,
-            "id": self.id,
-            "task": self.task,
-            "queue": self.queue,
-            "ct": self.content_type,
-            "ce": self.content_encoding,
-            "body": base64.b64encode(body).decode("ascii") if binary else body,
-            "b64": binary,
-            "retries": self.retries,
-            "enq_ms": self.enqueued_ms,
-        }
+        text = base64.b64encode(body).decode("ascii") if binary else body
+        extra = ""
         if self.eta_ms is not None:
-            doc["eta_ms"] = self.eta_ms
+            extra += f',"eta_ms":{int(self.eta_ms)}'
         if self.last_error is not None:
-            doc["error"] = self.last_error
-        return json.dumps(doc, separators=(",", ":"))
+            extra += f',"error":{_quote(self.last_error)}'
+        return (f'{{"v":{int(self.version)},"id":{_quote(self.id)},"task":{_quote(self.task)},'
+                f'"queue":{_quote(self.queue)},"ct":{_quote(self.content_type)},'
+                f'"ce":{_quote(self.content_encoding)},"body":{_quote(text)},'
+                f'"b64":{"true" if binary else "false"},"retries":{int(self.retries)},'
+                f'"enq_ms":{int(self.enqueued_ms)}{extra}}}')
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Message:
@@ -93,11 +89,11 @@ class Message:
             raise DecodeError(f"malformed message envelope: {exc!r}", raw) from exc
 
     def with_retry(self, error: str | None, eta_ms: int | None) -> Message:
-        return replace(self, retries=self.retries + 1, last_error=error, eta_ms=eta_ms)
+        return self._replace(retries=self.retries + 1, last_error=error, eta_ms=eta_ms)
 
     def reset(self) -> Message:
         """The message as requeued from dead letters: retries start over."""
-        return replace(self, retries=0, last_error=None, eta_ms=None)
+        return self._replace(retries=0, last_error=None, eta_ms=None)
 
 
 def peek_ids(raw: bytes | str) -> tuple[str | None, str | None]:

@@ -167,6 +167,7 @@ class Task(Generic[P, R]):
             content_type=ct,
             content_encoding=ce,
             body=body,
+            enqueued_ms=now_ms(),
             eta_ms=due,
         )
         return message, due

@@ -5,9 +5,8 @@
 -- ARGV[4] task id, then the record's field/value pairs
 -- Invariant: a message never exists without its record, so its id never reads
 -- UNKNOWN while it waits.
-local fv = {}
-for i = 5, #ARGV do fv[#fv + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fv))
+-- unpack() of an ARGV range: copying ARGV into a table first doubles the cost.
+redis.call('HSET', KEYS[1], unpack(ARGV, 5, #ARGV))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if ARGV[3] == '' then
   return redis.call('XADD', KEYS[2], '*', 'm', ARGV[2])

@@ -11,10 +11,8 @@ for i = 1, #KEYS do
   local channel = ARGV[pos]
   local n = tonumber(ARGV[pos + 1])
   pos = pos + 2
-  local fv = {}
-  for j = 0, 2 * n - 1 do fv[j + 1] = ARGV[pos + j] end
+  redis.call('HSET', KEYS[i], unpack(ARGV, pos, pos + 2 * n - 1))
   pos = pos + 2 * n
-  redis.call('HSET', KEYS[i], unpack(fv))
   redis.call('EXPIRE', KEYS[i], ttl)
   if channel ~= '' then redis.call('PUBLISH', channel, '1') end
 end
