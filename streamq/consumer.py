@@ -146,17 +146,19 @@ class Consumer:
             timed_out = None
             if self.timed_out and (d.queue, d.entry_id) == self.timed_out[:2]:
                 timed_out, self.timed_out = self.timed_out[2], None
-            self.executor.execute(d, self._batch, timed_out=timed_out)
+            # The outcome goes to a batch of its own, merged under the lock: the
+            # housekeeping thread may flush (swap out) the shared batch meanwhile.
+            outcome = Batch()
+            self.executor.execute(d, outcome, timed_out=timed_out)
             with self._lock:
                 self._current = None
+                self._batch.merge(outcome)
+                full = len(self._batch) >= _FLUSH_SIZE
             done += 1
-            if len(self._batch) >= _FLUSH_SIZE or \
-                    time.monotonic() - self._batch.first_at >= _FLUSH_AGE_S:
+            if full:
                 self.flush()
-        with self._lock:
-            empty = not self._buffer
-        if empty:
-            self.flush()
+        # Outcomes still queued here ride with the next read (_flush_and_read): one
+        # round trip per batch; a long task's are flushed by the housekeeping thread.
         self.processed += done
         return done
 

@@ -53,6 +53,8 @@ class Batch:
 
     def merge(self, newer: Batch) -> None:
         """Append ``newer``'s outcomes after this batch's."""
+        if newer.first_at and (not self.first_at or newer.first_at < self.first_at):
+            self.first_at = newer.first_at
         self.records += newer.records
         self.moves += newer.moves
         for q, ids in newer.acks.items():

@@ -104,6 +104,27 @@ def test_own_orphaned_entries_are_recovered(app: StreamQ) -> None:
     assert all(r.info["deliveries"] == 2 for r in results)
 
 
+def test_outcomes_are_never_lost_to_a_concurrent_flush(app: StreamQ) -> None:
+    """The housekeeping thread flushes outcomes while a slow task runs; the slow
+    task's own outcome must still be written (and the task run only once)."""
+    from streamq.consumer import Consumer
+
+    slow = []
+    for i in range(20):
+        tasks.add.map([(i, 0), (i, 1)])
+        slow.append(tasks.sleep_then_count.delay(f"race{i}", 0.05))
+    c = Consumer(app, ["default"], "host-r:1:rrrr-0", block_ms=50)
+    c.start()  # with the housekeeping thread
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(r.status != "SUCCESS" for r in slow):
+            c.run_once()
+    finally:
+        c.stop()
+    assert [r.status for r in slow] == ["SUCCESS"] * 20
+    assert [tasks.count_of(f"race{i}") for i in range(20)] == [1] * 20
+
+
 def test_dead_host_messages_are_autoclaimed_and_consumer_removed(app: StreamQ,
                                                                  start_worker: Any) -> None:
     results = tasks.add.map([(i, 1) for i in range(30)])
