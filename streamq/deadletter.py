@@ -108,7 +108,7 @@ class DeadLetters:
                                                  "task": msg.task, "queue": msg.queue,
                                                  "enqueued_ms": now_ms()}, ttl)
                 pipe.hdel(keys.result(ns, msg.id), "exc_type", "exc_message", "traceback",
-                          "reason", "result", "finished_ms", "dead_at_ms")
+                          "reason", "result", "finished_ms", "dead_at_ms", "runtime_ms")
                 moved += int(broker.execute(pipe)[0])
             if progress is not None:
                 progress(1)

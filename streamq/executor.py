@@ -174,11 +174,12 @@ class Executor:
         except EncodeError as exc:
             return self._failed(d, batch, msg, task, "EncodeError", str(exc), "",
                                 retryable=False, started_ms=started_ms)
-        batch.records.append((msg.id, {
-            "status": results.SUCCESS, "result": payload, "result_ct": ct, "result_ce": ce,
-            "retries": msg.retries, "deliveries": d.deliveries, "started_ms": started_ms,
-            "finished_ms": now_ms(), "runtime_s": f"{runtime:.6f}", "worker": self.consumer,
-        }, True))
+        record = {"status": results.SUCCESS, "result": payload, "result_ct": ct,
+                  "deliveries": d.deliveries, "started_ms": started_ms,
+                  "runtime_ms": int(runtime * 1000), "worker": self.consumer}
+        if ce != "utf-8":
+            record["result_ce"] = ce
+        batch.records.append((msg.id, record, True))
         batch.acks.setdefault(d.queue, []).append(d.entry_id)
         self._record_outcome(batch, d.queue, msg.task, "succeeded", runtime)
         if log.isEnabledFor(logging.INFO):

@@ -68,7 +68,7 @@ class Message(NamedTuple):
     def decode(cls, raw: bytes | str) -> Message:
         """Parse an encoded message; anything malformed raises ``DecodeError``."""
         try:
-            doc = json.loads(raw)
+            doc = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
             body = doc["body"]
             if doc.get("b64"):
                 body = base64.b64decode(body)
@@ -85,7 +85,7 @@ class Message(NamedTuple):
                 last_error=doc.get("error"),
                 version=int(doc.get("v", SCHEMA_VERSION)),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise DecodeError(f"malformed message envelope: {exc!r}", raw) from exc
 
     def with_retry(self, error: str | None, eta_ms: int | None) -> Message:

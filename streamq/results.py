@@ -29,7 +29,7 @@ FINAL_STATES = frozenset({SUCCESS, FAILURE, DEAD})
 STATES = (PENDING, SCHEDULED, STARTED, RETRY, SUCCESS, FAILURE, DEAD, UNKNOWN)
 
 _INT_FIELDS = ("retries", "deliveries", "enqueued_ms", "eta_ms", "started_ms",
-               "finished_ms", "dead_at_ms")
+               "finished_ms", "dead_at_ms", "runtime_ms")
 
 
 def write(pipe: Any, ns: str, task_id: str, fields: dict[str, Any], ttl_s: int,
