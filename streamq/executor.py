@@ -12,7 +12,6 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import keys, results, serialization
@@ -30,15 +29,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamq.task")
 
 
-@dataclass
 class Batch:
-    """Outcomes waiting to be written in one round trip."""
+    """Outcomes waiting to be written in one round trip (one per task, merged into
+    the consumer's shared batch, so a plain slotted class: cheap to build)."""
 
-    records: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
-    moves: list[Callable[[Any], None]] = field(default_factory=list)
-    acks: dict[str, list[str]] = field(default_factory=dict)
-    counts: dict[tuple[str, str], int] = field(default_factory=dict)
-    first_at: float = 0.0
+    __slots__ = ("records", "moves", "acks", "counts", "first_at")
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict[str, Any], bool]] = []
+        self.moves: list[Callable[[Any], None]] = []
+        self.acks: dict[str, list[str]] = {}
+        self.counts: dict[tuple[str, str], int] = {}
+        self.first_at = 0.0
 
     def __len__(self) -> int:
         return len(self.records) + len(self.moves) + sum(len(v) for v in self.acks.values())

@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 from . import serialization
 from .message import Message, new_task_id, now_ms
@@ -52,9 +52,8 @@ class TaskOptions:
             raise ValueError("retry_backoff and retry_backoff_max must be >= 0 seconds")
 
 
-@dataclass(frozen=True, slots=True)
-class TaskContext:
-    """What ``current_task()`` returns inside a running task."""
+class TaskContext(NamedTuple):
+    """What ``current_task()`` returns inside a running task (built once per run)."""
 
     id: str
     name: str
