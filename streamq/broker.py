@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -56,7 +55,6 @@ class Broker:
         self._blocking: redis.Redis | None = None
         self._known_queues: set[str] = set()
         self._groups: set[str] = set()
-        self._local = threading.local()
 
     # -- clients ---------------------------------------------------------------
     @property
@@ -84,22 +82,7 @@ class Broker:
     def errors(self) -> Any:
         return redis_errors(self._url or self.settings.url)
 
-    def result_pubsub(self) -> Any:
-        """This thread's pub/sub connection for result notifications, kept open so
-        ``get()`` costs no connection set-up."""
-        ps = getattr(self._local, "pubsub", None)
-        if ps is None:
-            ps = self._local.pubsub = self.client.pubsub()
-        return ps
-
-    def drop_result_pubsub(self) -> None:
-        ps = getattr(self._local, "pubsub", None)
-        self._local.pubsub = None
-        if ps is not None:
-            ps.close()
-
     def close(self) -> None:
-        self.drop_result_pubsub()
         for c in (self._client, self._blocking):
             if c is not None:
                 c.close()

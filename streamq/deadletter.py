@@ -107,6 +107,7 @@ class DeadLetters:
                 results.write(pipe, ns, msg.id, {"status": results.PENDING, "retries": 0,
                                                  "task": msg.task, "queue": msg.queue,
                                                  "enqueued_ms": now_ms()}, ttl)
+                pipe.delete(keys.done(ns, msg.id))  # its old completion is void now
                 pipe.hdel(keys.result(ns, msg.id), "exc_type", "exc_message", "traceback",
                           "reason", "result", "finished_ms", "dead_at_ms", "runtime_ms")
                 moved += int(broker.execute(pipe)[0])

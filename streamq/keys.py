@@ -16,8 +16,11 @@ key                                 type          what / owner / lifetime
                                                   ``id``, ``at_ms``; kept until requeued/purged.
 ``ns:result:<task id>``             hash          the task's record (status, result, error...);
                                                   TTL ``result_ttl`` refreshed on every change.
-``ns:done:<task id>``               pub/sub       channel published when a record turns final;
-                                                  ``AsyncResult.get`` waits on it.
+``ns:done:<task id>``               list          one element pushed when the record turns final
+                                                  (the outcome; the result on success);
+                                                  ``AsyncResult.get`` blocks on it (BLMOVE
+                                                  onto itself, so it is never consumed).
+                                                  TTL: min(result_ttl, 300 s).
 ``ns:queues``                       set           every queue name ever enqueued to.
 ``ns:workers``                      sorted set    worker id -> last heartbeat (ms).
 ``ns:worker:<worker id>``           hash          worker description; TTL = a few heartbeats.
@@ -60,7 +63,7 @@ def result(ns: str, task_id: str) -> str:
     return f"{ns}:result:{task_id}"
 
 
-def done_channel(ns: str, task_id: str) -> str:
+def done(ns: str, task_id: str) -> str:
     return f"{ns}:done:{task_id}"
 
 

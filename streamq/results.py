@@ -1,9 +1,12 @@
 """Task records (one hash per task, with a TTL) and ``AsyncResult``.
 
 A record is written with the message at enqueue and rewritten at every state
-change; each write refreshes its TTL. When a record turns final, the worker
-publishes on ``ns:done:<id>``, which ``AsyncResult.get`` waits on: a blocking
-read on a socket, no polling loop.
+change; each write refreshes its TTL. When a record turns final, the worker also
+pushes the outcome (with the result, on success) to the short-lived list
+``ns:done:<id>``. ``AsyncResult.get`` reads the record once and, if the task is
+not done, blocks on that list with BLMOVE onto itself: a read that wakes the
+moment the task finishes, consumes nothing (any number of waiters), and usually
+already carries the result, so waiting costs two round trips and no polling.
 """
 
 from __future__ import annotations
@@ -32,26 +35,39 @@ _INT_FIELDS = ("retries", "deliveries", "enqueued_ms", "eta_ms", "started_ms",
                "finished_ms", "dead_at_ms", "runtime_ms")
 
 
-def write(pipe: Any, ns: str, task_id: str, fields: dict[str, Any], ttl_s: int,
-          *, final: bool = False) -> None:
-    """Queue a record update (and its TTL refresh) on ``pipe``."""
+DONE_TTL_S = 300
+"""How long a completion list lives; later waiters find the final record itself."""
+
+
+def write(pipe: Any, ns: str, task_id: str, fields: dict[str, Any], ttl_s: int) -> None:
+    """Queue a non-final record update (and its TTL refresh) on ``pipe``."""
     key = keys.result(ns, task_id)
     pipe.hset(key, mapping={k: v for k, v in fields.items() if v is not None})
     pipe.expire(key, ttl_s)
-    if final:
-        pipe.publish(keys.done_channel(ns, task_id), fields.get("status", ""))
+
+
+def _completion(fields: dict[str, Any]) -> bytes | str:
+    """What a waiter needs without re-reading the record: the result on success;
+    a failure only says so (the waiter then reads the error from the record)."""
+    if fields.get("status") != SUCCESS:
+        return "F"
+    result = fields.get("result", "")
+    head = f"S{fields.get('result_ct', '')}\n{fields.get('result_ce', 'utf-8')}\n"
+    if isinstance(result, bytes | bytearray):
+        return head.encode() + bytes(result)
+    return head + result
 
 
 def write_many(pipe: Any, broker: Any, ns: str,
                records: list[tuple[str, dict[str, Any], bool]], ttl_s: int) -> None:
     """Queue many record updates as one script call (one command per batch instead
-    of three per task)."""
+    of four per task)."""
     keys_: list[str] = []
-    args: list[Any] = [ttl_s]
+    args: list[Any] = [ttl_s, min(ttl_s, DONE_TTL_S)]
     for task_id, fields, final in records:
-        keys_.append(keys.result(ns, task_id))
+        keys_ += [keys.result(ns, task_id), keys.done(ns, task_id)]
         items = [(k, v) for k, v in fields.items() if v is not None]
-        args += [keys.done_channel(ns, task_id) if final else "", len(items)]
+        args += [_completion(fields) if final else "", len(items)]
         for k, v in items:
             args += [k, v]
     broker.evalsha(pipe, "records", keys_, args)
@@ -125,7 +141,7 @@ class AsyncResult:
         """Delete the record; the id then reads as UNKNOWN."""
         broker = self.app.broker
         with broker.errors():
-            broker.client.delete(self._key)
+            broker.client.delete(self._key, keys.done(self.app.settings.namespace, self.id))
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """Wait for the task to finish and return its value.
@@ -137,50 +153,39 @@ class AsyncResult:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         rec = self._record()
-        if rec.get("status") not in FINAL_STATES:
-            rec = self._wait(deadline, rec)
+        while rec.get("status") not in FINAL_STATES:
+            if not rec:
+                raise ResultNotFoundError(
+                    f"no record for task {self.id}: it was never enqueued here, was "
+                    f"forgotten, or its record expired (result_ttl)"
+                )
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ResultTimeoutError(
+                    f"task {self.id} did not finish within the timeout "
+                    f"(status {rec.get('status')})"
+                )
+            # Wake-ups every few seconds only re-check a record that may have expired
+            # meanwhile; completion wakes the read at once.
+            payload = self._wait_done(5.0 if remaining is None else min(remaining, 5.0))
+            if payload is not None and payload[:1] == b"S":
+                ct, ce, result = payload[1:].split(b"\n", 2)
+                return serialization.loads(result, ct.decode(), ce.decode(),
+                                           accept=self.app.accept_content_types)
+            rec = self._record()
+            if payload is not None and rec.get("status") not in FINAL_STATES:
+                # A completion from an earlier run of a requeued task: it answers at
+                # once, so pace the loop instead of spinning on it.
+                time.sleep(min(0.1, remaining or 0.1))
         return self._outcome(rec, propagate)
 
-    def _wait(self, deadline: float | None, rec: dict[str, Any]) -> dict[str, Any]:
-        if not rec:
-            raise ResultNotFoundError(
-                f"no record for task {self.id}: it was never enqueued here, was forgotten, "
-                f"or its record expired (result_ttl)"
-            )
+    def _wait_done(self, seconds: float) -> bytes | None:
         broker = self.app.broker
-        channel = keys.done_channel(self.app.settings.namespace, self.id).encode()
+        key = keys.done(self.app.settings.namespace, self.id)
         with broker.errors():
-            pubsub = broker.result_pubsub()
-            try:
-                pubsub.subscribe(channel)
-                # Wait for this subscription to be live before re-reading the record,
-                # so a completion between the two cannot be missed.
-                _wait_for(pubsub, channel, ("subscribe",), broker.settings.socket_timeout_s)
-                while True:
-                    rec = self._record()
-                    status = rec.get("status")
-                    if status in FINAL_STATES:
-                        return rec
-                    if not rec:
-                        raise ResultNotFoundError(
-                            f"the record of task {self.id} disappeared while waiting "
-                            f"(forgotten or expired)"
-                        )
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise ResultTimeoutError(
-                            f"task {self.id} did not finish within the timeout "
-                            f"(status {status})"
-                        )
-                    # The periodic wake-up only guards against a record that expires
-                    # while we wait; completion wakes us through the channel at once.
-                    _wait_for(pubsub, channel, ("message",),
-                              5.0 if remaining is None else min(remaining, 5.0))
-            except BaseException:
-                broker.drop_result_pubsub()
-                raise
-            else:
-                pubsub.unsubscribe(channel)
+            # BLMOVE onto the same list: blocks until the completion is pushed and
+            # leaves it there for every other waiter.
+            return broker.client.blmove(key, key, max(seconds, 0.01), "RIGHT", "LEFT")
 
     def _decode_result(self, rec: dict[str, Any]) -> Any:
         return serialization.loads(
@@ -203,15 +208,3 @@ class AsyncResult:
             raise exc
         return exc
 
-
-def _wait_for(pubsub: Any, channel: bytes, types: tuple[str, ...], timeout: float) -> bool:
-    """Block on the pub/sub socket until a message of ``types`` for ``channel``
-    arrives (others, e.g. late unsubscribe confirmations, are skipped)."""
-    end = time.monotonic() + timeout
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            return False
-        msg = pubsub.get_message(timeout=left)
-        if msg and msg["type"] in types and msg["channel"] == channel:
-            return True

@@ -324,3 +324,33 @@ def test_invalid_urls_and_names_are_configuration_errors() -> None:
         StreamQ("redis://localhost", serializer="nope")
     with pytest.raises(ConfigurationError, match="queue"):
         StreamQ("redis://localhost", default_queue="has space")
+
+
+def test_many_waiters_on_one_task_all_wake(app: StreamQ) -> None:
+    import threading
+
+    res = tasks.add.delay(5, 6)
+    got: list[Any] = []
+    waiters = [threading.Thread(target=lambda: got.append(
+        app.AsyncResult(res.id).get(timeout=20))) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    drain(app)
+    for t in waiters:
+        t.join(25)
+    assert got == [11, 11, 11]
+    assert res.get(timeout=1) == 11  # the completion is not consumed by a waiter
+
+
+def test_get_after_requeue_waits_for_the_new_run(app: StreamQ) -> None:
+    res = tasks.flaky.apply_async(("rq-get", 0))  # succeeds when run
+    ghost = tasks.fail.delay("first run fails")
+    drain(app)
+    assert res.get(timeout=5) == 1
+    with pytest.raises(TaskFailed):
+        ghost.get(timeout=5)
+    (letter,) = app.dead.list("default")
+    assert app.dead.requeue("default", [letter.entry_id]) == 1
+    assert ghost.status == "PENDING"
+    with pytest.raises(ResultTimeoutError):  # waits: the old failure is void
+        ghost.get(timeout=0.5)
