@@ -185,16 +185,15 @@ class Broker:
              pipe: Any = None) -> list[Delivery]:
         """XREADGROUP new entries; recreates lost groups (server restarted empty).
 
-        With ``pipe`` (and no blocking) the read rides in the caller's pipeline,
-        after whatever writes it carries, so a flush and the next read are one
-        round trip."""
+        With ``pipe`` the read rides in the caller's pipeline, after whatever
+        writes it carries, so a flush and the next read are one round trip."""
         streams = {keys.stream(self.ns, q): ">" for q in queues}
         try:
             if pipe is None:
                 reply = self.blocking_client.xreadgroup(keys.GROUP, consumer, streams,
                                                         count=count, block=block_ms)
             else:
-                pipe.xreadgroup(keys.GROUP, consumer, streams, count=count)
+                pipe.xreadgroup(keys.GROUP, consumer, streams, count=count, block=block_ms)
                 reply = self.execute(pipe)[-1]
         except redis.ResponseError as exc:
             if not is_nogroup(exc):

@@ -129,10 +129,6 @@ class Consumer:
                 empty = not self._buffer
         if empty:
             got = self._flush_and_read()
-            if not got:
-                with self.broker.errors():
-                    got = self.broker.read(self.name, self.queues, self.prefetch,
-                                           self.block_ms)
             with self._lock:
                 self._buffer.extend(got)
         done = 0
@@ -169,14 +165,18 @@ class Consumer:
             self._on_start(d, timeout)
 
     def _flush_and_read(self) -> list[Delivery]:
-        """Write pending outcomes and read the next batch in one round trip."""
+        """Write pending outcomes and read the next batch in one round trip.
+
+        The read blocks (returning at once when entries are waiting), and the writes
+        before it in the same pipeline take effect before it blocks."""
         with self._lock:
             batch, self._batch = self._batch, Batch()
-        pipe = self.broker.client.pipeline(transaction=False)
+        pipe = self.broker.blocking_client.pipeline(transaction=False)
         flush(self.app, batch, self.worker_key, pipe=pipe)
         try:
             with self.broker.errors():
-                return self.broker.read(self.name, self.queues, self.prefetch, None, pipe=pipe)
+                return self.broker.read(self.name, self.queues, self.prefetch, self.block_ms,
+                                        pipe=pipe)
         except Exception:
             with self._lock:  # write them again next time (see flush)
                 batch.merge(self._batch)
