@@ -201,11 +201,6 @@ class StreamQ:
                       eta_ms=due)
         return self.send([(msg, due)])[0]
 
-    def queue_keys(self, queue: str) -> dict[str, str]:
-        ns = self.settings.namespace
-        return {"stream": keys.stream(ns, queue), "delayed": keys.delayed(ns, queue),
-                "dead": keys.dead(ns, queue)}
-
 
 _default_app: StreamQ | None = None
 

@@ -283,5 +283,8 @@ class Broker:
         return sorted(_s(q) for q in self.client.smembers(keys.queues(self.ns)))
 
 
-def _s(value: bytes | str) -> str:
+def as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+_s = as_str

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import keys, results
 from .broker import Delivery
+from .broker import as_str as _s
 from .errors import BrokerConnectionError
 from .executor import Batch, Executor, flush
 from .message import now_ms
@@ -373,6 +374,3 @@ class Consumer:
                            "deliveries": d.deliveries}, self.settings.result_ttl)
             pipe.execute()
 
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -72,7 +72,6 @@ class Settings:
     connect_timeout_s: float = 5.0
     grace_s: float = 30.0
     """On SIGTERM, how long in-flight tasks may run before processes are killed."""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.url is not None:
