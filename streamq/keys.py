@@ -20,7 +20,7 @@ key                                 type          what / owner / lifetime
                                                   (the outcome; the result on success);
                                                   ``AsyncResult.get`` blocks on it (BLMOVE
                                                   onto itself, so it is never consumed).
-                                                  TTL: min(result_ttl, 300 s).
+                                                  TTL: min(result_ttl, 10 s).
 ``ns:queues``                       set           every queue name ever enqueued to.
 ``ns:workers``                      sorted set    worker id -> last heartbeat (ms).
 ``ns:worker:<worker id>``           hash          worker description; TTL = a few heartbeats.

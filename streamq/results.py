@@ -35,8 +35,10 @@ _INT_FIELDS = ("retries", "deliveries", "enqueued_ms", "eta_ms", "started_ms",
                "finished_ms", "dead_at_ms", "runtime_ms")
 
 
-DONE_TTL_S = 300
-"""How long a completion list lives; later waiters find the final record itself."""
+DONE_TTL_S = 10
+"""How long a completion list lives. It only has to outlast the moment between a
+waiter's read of the record and its blocking read; later waiters find the final
+record itself. Short, because it costs ~200 bytes per task while it lives."""
 
 
 def write(pipe: Any, ns: str, task_id: str, fields: dict[str, Any], ttl_s: int) -> None:
