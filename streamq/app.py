@@ -8,6 +8,7 @@ streamq builds nothing and connects to nothing.
 from __future__ import annotations
 
 import logging
+from itertools import groupby
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
@@ -17,8 +18,8 @@ from .deadletter import DeadLetters
 from .errors import ConfigurationError
 from .message import Message, now_ms
 from .results import AsyncResult
-from .settings import Settings
-from .task import P, R, Task, TaskOptions
+from .settings import Settings, check_queue_name
+from .task import P, R, Task, TaskOptions, build_message, due_ms_from
 
 log = logging.getLogger(__name__)
 
@@ -140,30 +141,19 @@ class StreamQ:
             for start in range(0, len(prepared), _SEND_CHUNK):
                 pipe = broker.client.pipeline(transaction=False)
                 enq = now_ms()
-                chunk = prepared[start:start + _SEND_CHUNK]
-                # Calls of one task to one queue, due now, share one record template:
-                # one script call per run of them (map()'s case).
-                i = 0
-                while i < len(chunk):
-                    message, due = chunk[i]
-                    j = i + 1
-                    if due is None:
-                        while j < len(chunk) and j - i < _SCRIPT_RUN and chunk[j][1] is None \
-                                and chunk[j][0].task == message.task \
-                                and chunk[j][0].queue == message.queue:
-                            j += 1
-                    if j - i == 1:
-                        self._enqueue(pipe, message, due, enq, ns, ttl)
-                    else:
-                        run = [m for m, _ in chunk[i:j]]
-                        record = {"status": results.PENDING, "task": message.task,
-                                  "queue": message.queue, "retries": 0, "enqueued_ms": enq}
-                        broker.enqueue_many(pipe, message.queue,
-                                            [keys.result(ns, m.id) for m in run], record, ttl,
-                                            [m.encode() for m in run])
-                        if broker.note_queue(message.queue):
-                            pipe.sadd(keys.queues(ns), message.queue)
-                    i = j
+                # Consecutive calls of one task to one queue, due now (map()'s case),
+                # share one record template: one script call per run of them.
+                runs = groupby(prepared[start:start + _SEND_CHUNK],
+                               key=lambda p: (p[0].task, p[0].queue, p[1] is None))
+                for (_, _, due_now), items in runs:
+                    group = list(items)
+                    if not due_now:
+                        for message, due in group:
+                            self._enqueue(pipe, message, due, enq, ns, ttl)
+                        continue
+                    for i in range(0, len(group), _SCRIPT_RUN):
+                        self._enqueue_run(pipe, [m for m, _ in group[i:i + _SCRIPT_RUN]],
+                                          enq, ns, ttl)
                 broker.execute(pipe)
         return [AsyncResult(m.id, self) for m, _ in prepared]
 
@@ -180,6 +170,19 @@ class StreamQ:
         if broker.note_queue(message.queue):
             target.sadd(keys.queues(ns), message.queue)
 
+    def _enqueue_run(self, pipe: Any, run: list[Message], enq: int, ns: str, ttl: int
+                     ) -> None:
+        if len(run) == 1:
+            self._enqueue(pipe, run[0], None, enq, ns, ttl)
+            return
+        queue = run[0].queue
+        record = {"status": results.PENDING, "task": run[0].task, "queue": queue,
+                  "retries": 0, "enqueued_ms": enq}
+        self.broker.enqueue_many(pipe, queue, [keys.result(ns, m.id) for m in run], record,
+                                 ttl, [m.encode() for m in run])
+        if self.broker.note_queue(queue):
+            pipe.sadd(keys.queues(ns), queue)
+
     def send_by_name(self, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None
                      = None, *, queue: str | None = None, countdown: float | None = None
                      ) -> AsyncResult:
@@ -189,16 +192,10 @@ class StreamQ:
             msg, due = task.prepare(tuple(args), dict(kwargs or {}), countdown=countdown,
                                     queue=queue)
             return self.send([(msg, due)])[0]
-        from .task import due_ms_from
-        from .message import new_task_id
-
-        ct, ce, body = serialization.dumps([list(args), dict(kwargs or {})],
-                                           self.settings.serializer,
-                                           what=f"the arguments of task {name}")
         due = due_ms_from(countdown, None)
-        msg = Message(id=new_task_id(), task=name, queue=queue or self.settings.default_queue,
-                      content_type=ct, content_encoding=ce, body=body, enqueued_ms=now_ms(),
-                      eta_ms=due)
+        msg = build_message(self.settings.serializer, name,
+                            check_queue_name(queue) if queue else self.settings.default_queue,
+                            args, dict(kwargs or {}), due)
         return self.send([(msg, due)])[0]
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -23,15 +25,16 @@ def _console() -> Console:
     return Console(stderr=False, highlight=False)
 
 
-def _progress(total: int, label: str, quiet: bool) -> Any:
-    """A rich progress bar on a terminal; nothing when quiet or not a tty."""
+@contextlib.contextmanager
+def _progress(total: int, label: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    """Yields an ``advance(n)`` for a rich progress bar on a terminal; None when quiet
+    or not a tty."""
     if quiet or not sys.stdout.isatty():
-        return None
-    p = Progress(transient=True)
-    p.start()
-    task_id = p.add_task(label, total=total)
-    p.advance_fn = lambda n=1: p.advance(task_id, n)  # type: ignore[attr-defined]
-    return p
+        yield None
+        return
+    with Progress(transient=True) as bar:
+        task_id = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task_id, n)
 
 
 # -- dead letters --------------------------------------------------------------------------
@@ -96,13 +99,8 @@ def dead_requeue(queue: str | None, entry_ids: tuple[str, ...], all_: bool, as_j
     app = app_from_options(url, namespace, app_spec)
     total = len(entry_ids) if entry_ids else sum(
         app.dead.count(q) for q in ([queue] if queue else app.broker.queues()))
-    bar = _progress(total, "requeueing", as_json)
-    try:
-        n = app.dead.requeue(queue, entry_ids or None,
-                             progress=bar.advance_fn if bar else None)
-    finally:
-        if bar:
-            bar.stop()
+    with _progress(total, "requeueing", as_json) as advance:
+        n = app.dead.requeue(queue, entry_ids or None, progress=advance)
     click.echo(json.dumps({"requeued": n}) if as_json else f"requeued {n} message(s)")
 
 

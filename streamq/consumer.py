@@ -24,7 +24,7 @@ from .broker import Delivery
 from .broker import as_str as _s
 from .errors import BrokerConnectionError
 from .executor import Batch, Executor, flush
-from .message import now_ms
+from .message import Message, now_ms
 
 if TYPE_CHECKING:
     from .app import StreamQ
@@ -170,8 +170,7 @@ class Consumer:
 
         The read blocks (returning at once when entries are waiting), and the writes
         before it in the same pipeline take effect before it blocks."""
-        with self._lock:
-            batch, self._batch = self._batch, Batch()
+        batch = self._take_batch()
         pipe = self.broker.blocking_client.pipeline(transaction=False)
         flush(self.app, batch, self.worker_key, pipe=pipe)
         try:
@@ -179,9 +178,7 @@ class Consumer:
                 return self.broker.read(self.name, self.queues, self.prefetch, self.block_ms,
                                         pipe=pipe)
         except Exception:
-            with self._lock:  # write them again next time (see flush)
-                batch.merge(self._batch)
-                self._batch = batch
+            self._restore_batch(batch)
             raise
 
     def _finished(self, d: Delivery) -> None:
@@ -190,19 +187,26 @@ class Consumer:
         if self._on_start is not None:
             self._on_start(d, None)
 
-    def flush(self) -> None:
+    def _take_batch(self) -> Batch:
         with self._lock:
             batch, self._batch = self._batch, Batch()
+        return batch
+
+    def _restore_batch(self, batch: Batch) -> None:
+        """Put back outcomes whose write failed, to write them again: every write in a
+        batch is idempotent or guarded by an ownership check in its script."""
+        with self._lock:
+            batch.merge(self._batch)
+            self._batch = batch
+
+    def flush(self) -> None:
+        batch = self._take_batch()
         if not len(batch):
             return
         try:
             flush(self.app, batch, self.worker_key)
         except Exception:
-            # Keep the outcomes to write them again: every write in a batch is
-            # idempotent or guarded by an ownership check in its script.
-            with self._lock:
-                batch.merge(self._batch)
-                self._batch = batch
+            self._restore_batch(batch)
             raise
 
     # -- recovery -----------------------------------------------------------------------------
@@ -362,8 +366,6 @@ class Consumer:
             if d is None or self._current_marked or now - self._current_since < _STARTED_AFTER_S:
                 return
             self._current_marked = True
-            from .message import Message
-
             try:
                 task_id = Message.decode(d.raw or b"").id
             except Exception:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .app import StreamQ
 
 _PAGE = 200
+_REQUEUE_COMMANDS = 5  # see _queue_requeue
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,31 +90,41 @@ class DeadLetters:
         broker, ns, ttl = self.app.broker, self.app.settings.namespace, \
             self.app.settings.result_ttl
         wanted = set(entry_ids) if entry_ids is not None else None
-        moved = 0
+        todo: list[tuple[DeadLetter, Message]] = []
         for dl in self.list(queue):
             if wanted is not None and dl.entry_id not in wanted:
                 continue
             try:
-                msg = Message.decode(dl.raw)
-                encoded = msg.reset().encode()
+                todo.append((dl, Message.decode(dl.raw)))
             except DecodeError:
                 # An undecodable message would only come straight back; leave it here.
                 continue
+        moved = 0
+        for start in range(0, len(todo), _PAGE):
+            chunk = todo[start:start + _PAGE]
             with broker.errors():
                 pipe = broker.client.pipeline(transaction=False)
-                broker.evalsha(pipe, "requeue_dead",
-                               [keys.dead(ns, dl.queue), keys.stream(ns, dl.queue)],
-                               [dl.entry_id, encoded])
-                results.write(pipe, ns, msg.id, {"status": results.PENDING, "retries": 0,
-                                                 "task": msg.task, "queue": msg.queue,
-                                                 "enqueued_ms": now_ms()}, ttl)
-                pipe.delete(keys.done(ns, msg.id))  # its old completion is void now
-                pipe.hdel(keys.result(ns, msg.id), "exc_type", "exc_message", "traceback",
-                          "reason", "result", "finished_ms", "dead_at_ms", "runtime_ms")
-                moved += int(broker.execute(pipe)[0])
+                for dl, msg in chunk:
+                    self._queue_requeue(pipe, dl, msg, ns, ttl)
+                replies = broker.execute(pipe)
+            # Each letter queued _REQUEUE_COMMANDS commands; the first says if it moved.
+            moved += sum(int(r) for r in replies[::_REQUEUE_COMMANDS])
             if progress is not None:
-                progress(1)
+                progress(len(chunk))
         return moved
+
+    def _queue_requeue(self, pipe: Any, dl: DeadLetter, msg: Message, ns: str, ttl: int
+                       ) -> None:
+        """Queue the move back to the stream (retries reset) and the record reset."""
+        self.app.broker.evalsha(pipe, "requeue_dead",
+                                [keys.dead(ns, dl.queue), keys.stream(ns, dl.queue)],
+                                [dl.entry_id, msg.reset().encode()])
+        results.write(pipe, ns, msg.id, {"status": results.PENDING, "retries": 0,
+                                         "task": msg.task, "queue": msg.queue,
+                                         "enqueued_ms": now_ms()}, ttl)
+        pipe.delete(keys.done(ns, msg.id))  # its old completion is void now
+        pipe.hdel(keys.result(ns, msg.id), "exc_type", "exc_message", "traceback", "reason",
+                  "result", "finished_ms", "dead_at_ms", "runtime_ms")
 
     def purge(self, queue: str | None = None) -> int:
         """Delete every dead letter of a queue (or of all queues); returns how many."""

@@ -112,7 +112,9 @@ class Executor:
                               f"undecodable message: {exc}")
         task = self.app.registry.get(msg.task)
         if task is None:
-            known = ", ".join(sorted(self.app.registry)) or "none"
+            names = sorted(self.app.registry)
+            known = ", ".join(names[:10]) + (f" and {len(names) - 10} more"
+                                             if len(names) > 10 else "") if names else "none"
             return self._dead(d, batch, msg.id, msg.task, msg.retries,
                               f"task {msg.task!r} is not registered in this worker "
                               f"(registered: {known})")

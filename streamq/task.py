@@ -92,6 +92,16 @@ def due_ms_from(countdown: float | None, eta: datetime | None) -> int | None:
     return None
 
 
+def build_message(serializer: str, name: str, queue: str, args: Iterable[Any],
+                  kwargs: dict[str, Any], due_ms: int | None, task_id: str | None = None
+                  ) -> Message:
+    """Serialize one call of task ``name`` into a message (no Redis involved)."""
+    ct, ce, body = serialization.dumps([list(args), kwargs], serializer,
+                                       what=f"the arguments of task {name}")
+    return Message(id=task_id or new_task_id(), task=name, queue=queue, content_type=ct,
+                   content_encoding=ce, body=body, enqueued_ms=now_ms(), eta_ms=due_ms)
+
+
 class Task(Generic[P, R]):
     """A registered task. Calling it runs the function here and now."""
 
@@ -155,18 +165,7 @@ class Task(Generic[P, R]):
         except TypeError as exc:
             raise TypeError(f"{self.name}(): {exc}") from None
         due = due_ms_from(countdown, eta)
-        ct, ce, body = serialization.dumps(
-            [list(args), kwargs], self.app.settings.serializer,
-            what=f"the arguments of task {self.name}",
-        )
-        message = Message(
-            id=task_id or new_task_id(),
-            task=self.name,
-            queue=check_queue_name(queue) if queue else self.options.queue,
-            content_type=ct,
-            content_encoding=ce,
-            body=body,
-            enqueued_ms=now_ms(),
-            eta_ms=due,
-        )
+        message = build_message(self.app.settings.serializer, self.name,
+                                check_queue_name(queue) if queue else self.options.queue,
+                                args, kwargs, due, task_id)
         return message, due
