@@ -8,8 +8,7 @@ streamq builds nothing and connects to nothing.
 from __future__ import annotations
 
 import logging
-from itertools import groupby
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
 from . import keys, results, serialization
@@ -23,8 +22,7 @@ from .task import P, R, Task, TaskOptions, build_message, due_ms_from
 
 log = logging.getLogger(__name__)
 
-_SEND_CHUNK = 500
-_SCRIPT_RUN = 100  # messages per enqueue_many call: bounds how long one call blocks the server
+_TX_CALLS = 100  # calls per MULTI/EXEC: bounds how long one transaction blocks the server
 
 
 class StreamQ:
@@ -125,63 +123,43 @@ class StreamQ:
 
     # -- enqueue ----------------------------------------------------------------------
     def send(self, prepared: Sequence[tuple[Message, int | None]]) -> list[AsyncResult]:
-        """Write records and messages for prepared calls, pipelined in chunks.
+        """Write records and messages for prepared calls.
 
-        Each record and its message go in the same round trip; a chunk is one
-        pipeline, so ``map()`` costs one round trip per 500 calls.
+        Each call is a record write then its message, ``_TX_CALLS`` calls to one
+        MULTI/EXEC, the transactions streamed on one connection (see
+        ``Broker.transact``): ``delay()`` is one round trip, and ``map()`` packs the
+        next transaction while the server runs the one before.
         """
         ns, ttl = self.settings.namespace, self.settings.result_ttl
         broker = self.broker
-        with broker.errors():
-            if len(prepared) == 1:
-                # One call, one command: no pipeline to build for the common delay().
-                message, due = prepared[0]
-                self._enqueue(broker.client, message, due, now_ms(), ns, ttl)
-                return [AsyncResult(message.id, self)]
-            for start in range(0, len(prepared), _SEND_CHUNK):
-                pipe = broker.client.pipeline(transaction=False)
+
+        def transactions() -> Iterator[list[bytes]]:
+            for start in range(0, len(prepared), _TX_CALLS):
                 enq = now_ms()
-                # Consecutive calls of one task to one queue, due now (map()'s case),
-                # share one record template: one script call per run of them.
-                runs = groupby(prepared[start:start + _SEND_CHUNK],
-                               key=lambda p: (p[0].task, p[0].queue, p[1] is None))
-                for (_, _, due_now), items in runs:
-                    group = list(items)
-                    if not due_now:
-                        for message, due in group:
-                            self._enqueue(pipe, message, due, enq, ns, ttl)
-                        continue
-                    for i in range(0, len(group), _SCRIPT_RUN):
-                        self._enqueue_run(pipe, [m for m, _ in group[i:i + _SCRIPT_RUN]],
-                                          enq, ns, ttl)
-                broker.execute(pipe)
+                commands: list[bytes] = []
+                for message, due in prepared[start:start + _TX_CALLS]:
+                    self._enqueue(commands, message, due, enq, ns, ttl)
+                yield commands
+
+        with broker.errors():
+            broker.transact(transactions())
         return [AsyncResult(m.id, self) for m, _ in prepared]
 
-    def _enqueue(self, target: Any, message: Message, due: int | None, enq: int, ns: str,
-                 ttl: int) -> None:
+    def _enqueue(self, out: list[bytes], message: Message, due: int | None, enq: int,
+                 ns: str, ttl: int) -> None:
         broker = self.broker
-        record = {"status": results.SCHEDULED if due else results.PENDING,
-                  "task": message.task, "queue": message.queue, "retries": 0,
-                  "enqueued_ms": enq, "eta_ms": due}
+        record: list[Any] = ["status", results.SCHEDULED if due else results.PENDING,
+                             "task", message.task, "queue", message.queue, "retries", 0,
+                             "enqueued_ms", enq]
         # Keep a scheduled record alive at least until it is due.
-        wait_s = max(0, (due - enq) // 1000) if due else 0
-        broker.enqueue(target, keys.result(ns, message.id), record, ttl + wait_s,
-                       message.queue, message.id, message.encode(), due)
+        wait_s = 0
+        if due:
+            record += ["eta_ms", due]
+            wait_s = max(0, (due - enq) // 1000)
+        broker.enqueue_commands(out, keys.result(ns, message.id), record, ttl + wait_s,
+                                message.queue, message.id, message.encode(), due)
         if broker.note_queue(message.queue):
-            target.sadd(keys.queues(ns), message.queue)
-
-    def _enqueue_run(self, pipe: Any, run: list[Message], enq: int, ns: str, ttl: int
-                     ) -> None:
-        if len(run) == 1:
-            self._enqueue(pipe, run[0], None, enq, ns, ttl)
-            return
-        queue = run[0].queue
-        record = {"status": results.PENDING, "task": run[0].task, "queue": queue,
-                  "retries": 0, "enqueued_ms": enq}
-        self.broker.enqueue_many(pipe, queue, [keys.result(ns, m.id) for m in run], record,
-                                 ttl, [m.encode() for m in run])
-        if self.broker.note_queue(queue):
-            pipe.sadd(keys.queues(ns), queue)
+            out.append(broker.pack("SADD", keys.queues(ns), message.queue))
 
     def send_by_name(self, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None
                      = None, *, queue: str | None = None, countdown: float | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,6 +103,22 @@ def build_message(serializer: str, name: str, queue: str, args: Iterable[Any],
                    content_encoding=ce, body=body, enqueued_ms=now_ms(), eta_ms=due_ms)
 
 
+def _positional_arity(signature: inspect.Signature) -> tuple[int, float] | None:
+    """(required, most) positional arguments when a call with positional arguments
+    only can be checked by counting them; None when a keyword-only parameter has no
+    default (such a call is always wrong, and ``bind`` says why)."""
+    required, most = 0, 0.0
+    for p in signature.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            most += 1
+            required += p.default is p.empty
+        elif p.kind is p.VAR_POSITIONAL:
+            most = math.inf
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return None
+    return required, most
+
+
 class Task(Generic[P, R]):
     """A registered task. Calling it runs the function here and now."""
 
@@ -113,6 +130,7 @@ class Task(Generic[P, R]):
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self._signature = inspect.signature(fn)
+        self._arity = _positional_arity(self._signature)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.options.queue}>"
@@ -160,10 +178,14 @@ class Task(Generic[P, R]):
         task_id: str | None = None,
     ) -> tuple[Message, int | None]:
         """Check and serialize a call; nothing reaches Redis here."""
-        try:
-            self._signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{self.name}(): {exc}") from None
+        arity = self._arity
+        # Counting positional arguments is enough when that is all there is; binding
+        # the signature costs more than the rest of an enqueue together.
+        if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{self.name}(): {exc}") from None
         due = due_ms_from(countdown, eta)
         message = build_message(self.app.settings.serializer, self.name,
                                 check_queue_name(queue) if queue else self.options.queue,

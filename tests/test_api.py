@@ -81,6 +81,57 @@ def test_record_and_message_are_one_round_trip_and_record_has_ttl(app: StreamQ,
     assert rclient.xlen(keys.stream(ns, "default")) == 1
 
 
+def test_enqueue_survives_a_killed_connection_without_loss_or_duplicates(
+        app: StreamQ, rclient: redis.Redis) -> None:
+    ns = app.settings.namespace
+    stream = keys.stream(ns, "default")
+    tasks.echo.delay("warm")  # opens the producer's connection
+    # The server drops every client but this one: the next send meets a dead socket,
+    # and the enqueue is sent again on a new connection, once.
+    assert rclient.client_kill_filter(_type="normal", skipme=True) >= 1
+    one = tasks.echo.delay("after-kill")
+    assert one.status == "PENDING"
+    assert rclient.xlen(stream) == 2
+    rclient.client_kill_filter(_type="normal", skipme=True)
+    many = tasks.echo.map([str(i) for i in range(1050)])
+    assert rclient.xlen(stream) == 2 + 1050
+    drain(app)
+    assert [r.get(timeout=5) for r in many] == [str(i) for i in range(1050)]
+
+
+def test_enqueue_error_reply_raises_and_writes_nothing(app: StreamQ,
+                                                       rclient: redis.Redis) -> None:
+    ns = app.settings.namespace
+    rclient.set(keys.stream(ns, "default"), "not a stream")
+    with pytest.raises(streamq.BrokerError, match="WRONGTYPE"):
+        tasks.echo.delay("x")
+    assert rclient.get(keys.stream(ns, "default")) == b"not a stream"
+    rclient.delete(keys.stream(ns, "default"))
+    # The connection is still usable afterwards.
+    assert tasks.echo.delay("y").status == "PENDING"
+
+
+def test_concurrent_producers_share_the_app(app: StreamQ, rclient: redis.Redis) -> None:
+    import threading
+
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def produce(tag: int) -> None:
+        for i in range(200):
+            r = tasks.add.delay(tag, i)
+            with lock:
+                ids.append(r.id)
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 800
+    assert rclient.xlen(keys.stream(app.settings.namespace, "default")) == 800
+
+
 def test_apply_async_options(app: StreamQ, rclient: redis.Redis) -> None:
     res = tasks.add.apply_async((1,), {"y": 2}, queue="other", task_id="my-id-1")
     assert res.id == "my-id-1"
@@ -128,7 +179,21 @@ def test_bad_arguments_raise_type_error_before_redis(app: StreamQ,
         tasks.add.delay(1, 2, z=3)
     with pytest.raises(TypeError):
         tasks.add.map([(1, 2, 3)])
+
+    def defaults(a: int, b: int = 1, *rest: int) -> None: ...
+    def keyword_only(a: int, *, k: int) -> None: ...
+
+    with_defaults = app.task(name="t.defaults")(defaults)
+    needs_keyword = app.task(name="t.keyword_only")(keyword_only)
+    for bad in [lambda: with_defaults.delay(), lambda: with_defaults.delay(b=2),
+                lambda: needs_keyword.delay(1), lambda: needs_keyword.delay(1, 2)]:
+        with pytest.raises(TypeError):
+            bad()
     assert rclient.keys(f"{app.settings.namespace}:*") == []
+    for good in [lambda: with_defaults.delay(1), lambda: with_defaults.delay(1, 2, 3, 4),
+                 lambda: needs_keyword.delay(1, k=2)]:
+        good()
+    assert rclient.xlen(keys.stream(app.settings.namespace, "default")) == 3
 
 
 def test_unserializable_argument_names_its_type(app: StreamQ, rclient: redis.Redis) -> None:
