@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import keys, results
-from .broker import Delivery
+from .broker import Delivery, Packed
 from .broker import as_str as _s
 from .errors import BrokerConnectionError
 from .executor import Batch, Executor, flush
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Outcomes (not commands) that force a flush before the batch's read: above the
+# default prefetch, so a batch is normally written with the next read, in one round
+# trip; only a larger --prefetch flushes mid-batch, to bound what is held.
 _FLUSH_SIZE = 200
 _FLUSH_AGE_S = 0.01
 _STARTED_AFTER_S = 0.02
@@ -150,7 +153,7 @@ class Consumer:
             with self._lock:
                 self._current = None
                 self._batch.merge(outcome)
-                full = len(self._batch) >= _FLUSH_SIZE
+                full = self._batch.outcomes >= _FLUSH_SIZE
             done += 1
             if full:
                 self.flush()
@@ -171,7 +174,7 @@ class Consumer:
         The read blocks (returning at once when entries are waiting), and the writes
         before it in the same pipeline take effect before it blocks."""
         batch = self._take_batch()
-        pipe = self.broker.blocking_client.pipeline(transaction=False)
+        pipe = Packed()
         flush(self.app, batch, self.worker_key, pipe=pipe)
         try:
             with self.broker.errors():

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import keys, results, serialization
 from .backoff import compute_backoff
-from .broker import Delivery
+from .broker import Delivery, Packed
 from .errors import DecodeError, EncodeError, Reject, Retry
 from .message import Message, now_ms, peek_ids
 from .serialization import ContentTypeNotAcceptedError
@@ -36,7 +36,7 @@ class Batch:
     __slots__ = ("records", "moves", "acks", "counts", "first_at")
 
     def __init__(self) -> None:
-        self.records: list[tuple[str, dict[str, Any], bool]] = []
+        self.records: list[tuple[str, dict[str, Any] | results.Success, bool]] = []
         self.moves: list[Callable[[Any], None]] = []
         self.acks: dict[str, list[str]] = {}
         self.counts: dict[tuple[str, str], int] = {}
@@ -44,6 +44,10 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.records) + len(self.moves) + sum(len(v) for v in self.acks.values())
+
+    @property
+    def outcomes(self) -> int:
+        return len(self.records) + len(self.moves)
 
     def touch(self) -> None:
         if not self.first_at:
@@ -178,12 +182,9 @@ class Executor:
         except EncodeError as exc:
             return self._failed(d, batch, msg, task, "EncodeError", str(exc), "",
                                 retryable=False, started_ms=started_ms)
-        record = {"status": results.SUCCESS, "result": payload, "result_ct": ct,
-                  "deliveries": d.deliveries, "started_ms": started_ms,
-                  "runtime_ms": int(runtime * 1000), "worker": self.consumer}
-        if ce != "utf-8":
-            record["result_ce"] = ce
-        batch.records.append((msg.id, record, True))
+        batch.records.append((msg.id, results.Success(
+            payload, ct, ce, d.deliveries, started_ms, int(runtime * 1000), self.consumer),
+            True))
         batch.acks.setdefault(d.queue, []).append(d.entry_id)
         self._record_outcome(batch, d.queue, msg.task, "succeeded", runtime)
         if log.isEnabledFor(logging.INFO):
@@ -288,7 +289,7 @@ def flush(app: StreamQ, batch: Batch, worker_key: str | None = None, pipe: Any =
     ns, ttl = app.settings.namespace, app.settings.result_ttl
     own_pipe = pipe is None
     if own_pipe:
-        pipe = broker.client.pipeline(transaction=False)
+        pipe = Packed()
     if batch.records:
         results.write_many(pipe, broker, ns, batch.records, ttl)
     for move in batch.moves:
@@ -306,4 +307,4 @@ def flush(app: StreamQ, batch: Batch, worker_key: str | None = None, pipe: Any =
                 pipe.hincrby(worker_key, outcome, n)
     if own_pipe:
         with broker.errors():
-            broker.execute(pipe)
+            broker.run(pipe)

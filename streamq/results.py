@@ -12,7 +12,7 @@ already carries the result, so waiting costs two round trips and no polling.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import keys, serialization
 from .errors import ResultNotFoundError, ResultTimeoutError, TaskFailed
@@ -48,9 +48,22 @@ def write(pipe: Any, ns: str, task_id: str, fields: dict[str, Any], ttl_s: int) 
     pipe.expire(key, ttl_s)
 
 
+class Success(NamedTuple):
+    """A success record, the hot path's one: the script names its fields."""
+
+    result: bytes | str
+    content_type: str
+    content_encoding: str
+    deliveries: int
+    started_ms: int
+    runtime_ms: int
+    worker: str
+
+
 def _completion(fields: dict[str, Any]) -> bytes | str:
-    """What a waiter needs without re-reading the record: the result on success;
-    a failure only says so (the waiter then reads the error from the record)."""
+    """What a waiter needs without re-reading the record: the result on success
+    (``records.lua`` builds the same for a ``Success``); a failure only says so
+    (the waiter then reads the error from the record)."""
     if fields.get("status") != SUCCESS:
         return "F"
     result = fields.get("result", "")
@@ -61,15 +74,19 @@ def _completion(fields: dict[str, Any]) -> bytes | str:
 
 
 def write_many(pipe: Any, broker: Any, ns: str,
-               records: list[tuple[str, dict[str, Any], bool]], ttl_s: int) -> None:
+               records: list[tuple[str, dict[str, Any] | Success, bool]], ttl_s: int) -> None:
     """Queue many record updates as one script call (one command per batch instead
     of four per task)."""
     keys_: list[str] = []
     args: list[Any] = [ttl_s, min(ttl_s, DONE_TTL_S)]
     for task_id, fields, final in records:
         keys_ += [keys.result(ns, task_id), keys.done(ns, task_id)]
+        if isinstance(fields, Success):
+            args.append("S")
+            args += fields
+            continue
         items = [(k, v) for k, v in fields.items() if v is not None]
-        args += [_completion(fields) if final else "", len(items)]
+        args += ["R", _completion(fields) if final else "", len(items)]
         for k, v in items:
             args += [k, v]
     broker.evalsha(pipe, "records", keys_, args)
