@@ -8,7 +8,9 @@ streamq builds nothing and connects to nothing.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
+from itertools import groupby
 from typing import Any, overload
 
 from . import keys, results, serialization
@@ -22,7 +24,7 @@ from .task import P, R, Task, TaskOptions, build_message, due_ms_from
 
 log = logging.getLogger(__name__)
 
-_TX_CALLS = 100  # calls per MULTI/EXEC: bounds how long one transaction blocks the server
+_BATCH = 100  # calls per batch, and per script call: bounds how long one blocks the server
 
 
 class StreamQ:
@@ -123,31 +125,47 @@ class StreamQ:
 
     # -- enqueue ----------------------------------------------------------------------
     def send(self, prepared: Sequence[tuple[Message, int | None]]) -> list[AsyncResult]:
-        """Write records and messages for prepared calls.
-
-        Each call is a record write then its message, ``_TX_CALLS`` calls to one
-        MULTI/EXEC, the transactions streamed on one connection (see
-        ``Broker.transact``): ``delay()`` is one round trip, and ``map()`` packs the
-        next transaction while the server runs the one before.
-        """
+        """Write records and messages for prepared calls, each record before its
+        message, in batches of ``_BATCH`` calls streamed on one connection (see
+        ``Broker.send``): ``delay()`` is one round trip, and ``map()`` packs the next
+        batch while the server runs the one before."""
         ns, ttl = self.settings.namespace, self.settings.result_ttl
         broker = self.broker
 
-        def transactions() -> Iterator[list[bytes]]:
-            for start in range(0, len(prepared), _TX_CALLS):
-                enq = now_ms()
+        def batches() -> Iterator[list[bytes]]:
+            if len(prepared) == 1:  # delay(): nothing to group
                 commands: list[bytes] = []
-                for message, due in prepared[start:start + _TX_CALLS]:
-                    self._enqueue(commands, message, due, enq, ns, ttl)
+                self._enqueue(commands, *prepared[0], now_ms(), ns, ttl)
+                yield commands
+                return
+            for start in range(0, len(prepared), _BATCH):
+                enq = now_ms()
+                commands = []
+                # Consecutive calls of one task to one queue, due now (map()'s case),
+                # share one record template and one script call.
+                runs = groupby(prepared[start:start + _BATCH],
+                               key=lambda p: (p[0].task, p[0].queue, p[1] is None))
+                for (task, queue, due_now), items in runs:
+                    run = list(items)
+                    if due_now and len(run) > 1:
+                        record = ["status", results.PENDING, "task", task, "queue", queue,
+                                  "retries", 0, "enqueued_ms", enq]
+                        commands.append(broker.enqueue_many_command(
+                            queue, [keys.result(ns, m.id) for m, _ in run], record, ttl,
+                            [m.encode() for m, _ in run]))
+                        self._note_queue(commands, queue)
+                    else:
+                        for message, due in run:
+                            self._enqueue(commands, message, due, enq, ns, ttl)
                 yield commands
 
         with broker.errors():
-            broker.transact(transactions())
-        return [AsyncResult(m.id, self) for m, _ in prepared]
+            broker.send(batches())
+        sent_at = time.monotonic()
+        return [AsyncResult(m.id, self, sent_at=sent_at) for m, _ in prepared]
 
     def _enqueue(self, out: list[bytes], message: Message, due: int | None, enq: int,
                  ns: str, ttl: int) -> None:
-        broker = self.broker
         record: list[Any] = ["status", results.SCHEDULED if due else results.PENDING,
                              "task", message.task, "queue", message.queue, "retries", 0,
                              "enqueued_ms", enq]
@@ -156,10 +174,13 @@ class StreamQ:
         if due:
             record += ["eta_ms", due]
             wait_s = max(0, (due - enq) // 1000)
-        broker.enqueue_commands(out, keys.result(ns, message.id), record, ttl + wait_s,
-                                message.queue, message.id, message.encode(), due)
-        if broker.note_queue(message.queue):
-            out.append(broker.pack("SADD", keys.queues(ns), message.queue))
+        self.broker.enqueue_commands(out, keys.result(ns, message.id), record, ttl + wait_s,
+                                     message.queue, message.id, message.encode(), due)
+        self._note_queue(out, message.queue)
+
+    def _note_queue(self, out: list[bytes], queue: str) -> None:
+        if self.broker.note_queue(queue):
+            out.append(self.broker.pack("SADD", keys.queues(self.settings.namespace), queue))
 
     def send_by_name(self, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None
                      = None, *, queue: str | None = None, countdown: float | None = None

@@ -1,19 +1,19 @@
 """Moves encoded messages between Redis keys; knows nothing of tasks or serializers.
 
 Every move that must be atomic is a Lua script from ``lua/`` on one queue's keys (one
-hash tag), run by SHA (reloaded after NOSCRIPT), or a MULTI/EXEC of native commands
-where no decision is taken on the server (enqueue). Hot-path calls take a pipeline so
-callers batch them into one round trip.
+hash tag), run by SHA (reloaded after NOSCRIPT). Hot-path commands are packed by
+hiredis and sent in batches, one round trip per batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -28,7 +28,7 @@ from .settings import Settings, mask_url
 log = logging.getLogger(__name__)
 
 _SCRIPT_NAMES = ("ack", "retry", "dead", "promote", "heartbeat", "release", "requeue_dead",
-                 "records")
+                 "records", "enqueue_many")
 
 
 def _load_lua(name: str) -> str:
@@ -36,7 +36,6 @@ def _load_lua(name: str) -> str:
 
 
 _LUA = {name: _load_lua(name) for name in _SCRIPT_NAMES}
-_MULTI, _EXEC = _pack(("MULTI",)), _pack(("EXEC",))
 _SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _LUA.items()}
 
 
@@ -88,9 +87,9 @@ class Broker:
         self._client: redis.Redis | None = None
         self._blocking: redis.Redis | None = None
         self._known_queues: set[str] = set()
-        self._conn: Any = None  # see transact()
-        self._conn_pid = 0
-        self._conn_lock = threading.Lock()
+        self._own: dict[int, Any] = {}  # see _connection()
+        self._own_pid = os.getpid()
+        self._own_lock = threading.Lock()
         self._groups: set[str] = set()
 
     # -- clients ---------------------------------------------------------------
@@ -124,9 +123,10 @@ class Broker:
             if c is not None:
                 c.close()
         self._client = self._blocking = None
-        if self._conn is not None and self._conn_pid == os.getpid():
-            self._conn.disconnect()
-        self._conn = None
+        if self._own_pid == os.getpid():
+            for conn in self._own.values():
+                conn.disconnect()
+        self._own = {}
 
     # -- scripts -------------------------------------------------------------------------
     # EVALSHA is sent directly (not through redis-py's Script in a pipeline, which costs
@@ -167,22 +167,44 @@ class Broker:
                 raise r
         return replies
 
+    @contextlib.contextmanager
+    def _connection(self, client: redis.Redis) -> Iterator[Any]:
+        """A connection of ``client``'s kind for one exchange: this process's own one
+        when it is free, because taking one from redis-py's pool (with its health
+        and observability hooks) costs more than the round trip of a delay(); one
+        from the pool when another thread holds it."""
+        if os.getpid() != self._own_pid:  # a fork: the parent's connections are not ours
+            self._own, self._own_pid, self._own_lock = {}, os.getpid(), threading.Lock()
+        if self._own_lock.acquire(blocking=False):
+            try:
+                conn = self._own.get(id(client))
+                if conn is None:
+                    pool = client.connection_pool
+                    conn = self._own[id(client)] = pool.connection_class(
+                        **pool.connection_kwargs)
+                yield conn
+            finally:
+                self._own_lock.release()
+            return
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            yield conn
+        finally:
+            pool.release(conn)
+
     def run(self, packed: Packed, client: redis.Redis | None = None) -> list[Any]:
         """Send ``packed`` in one write on a connection of ``client`` (the broker's
         client by default) and return the replies in order. As ``execute``: commands
         that met NOSCRIPT are sent again after a reload, and the first other error is
         raised after every command has run."""
-        client = client or self.client
-        pool = client.connection_pool
-        conn = pool.get_connection()
-        try:
-            replies = conn.retry.call_with_retry(lambda: _send_read(conn, packed.commands),
-                                                 lambda _error: conn.disconnect())
-        except BaseException:
-            conn.disconnect()  # replies may be left unread on it
-            raise
-        finally:
-            pool.release(conn)
+        with self._connection(client or self.client) as conn:
+            try:
+                replies = conn.retry.call_with_retry(
+                    lambda: _send_read(conn, packed.commands), lambda _error: conn.disconnect())
+            except BaseException:
+                conn.disconnect()  # replies may be left unread on it
+                raise
         missing = [i for i, r in enumerate(replies)
                    if isinstance(r, redis.exceptions.NoScriptError)]
         if missing:
@@ -203,11 +225,12 @@ class Broker:
         pipe.execute()
 
     # -- producing --------------------------------------------------------------
-    # An enqueue is MULTI, the record's HSET and EXPIRE, the message's XADD (or, delayed,
-    # HSET + ZADD), EXEC: native commands cost the server about a third of the same steps
-    # run as a script (12 against 35 us on Redis 7), and the whole transaction is packed
-    # by hiredis and sent in one write, past redis-py's per-command bookkeeping, which
-    # costs more than the server's work for a single delay().
+    # delay() writes the record (HSET, EXPIRE) then the message (XADD; delayed: HSET +
+    # ZADD) as native commands in one write: about 12 us of server work, against 35 us
+    # for the same steps in a script. A run of calls of one task to one queue (map())
+    # is one enqueue_many script per 100 calls instead: one reply per 100 calls costs
+    # the client far less than three per call, and the server runs one chunk while the
+    # next is packed (see send()).
     def enqueue_commands(self, out: list[bytes], record_key: str, record: list[Any],
                          ttl_s: int, queue: str, task_id: str, encoded: str,
                          due_ms: int | None) -> None:
@@ -222,40 +245,36 @@ class Broker:
         else:
             out.append(_pack(("XADD", keys.stream(self.ns, queue), "*", "m", encoded)))
 
+    def enqueue_many_command(self, queue: str, record_keys: list[str], record: list[Any],
+                             ttl_s: int, encoded: list[str]) -> bytes:
+        """One packed script call enqueueing messages of one queue that share one
+        record template (``record``: field/value pairs), records first."""
+        return _pack(("EVALSHA", _SHA["enqueue_many"], 1 + len(record_keys),
+                      keys.stream(self.ns, queue), *record_keys, ttl_s, len(record) // 2,
+                      *record, *encoded))
+
     @staticmethod
     def pack(*args: Any) -> bytes:
         return _pack(args)
 
-    def transact(self, transactions: Iterable[list[bytes]]) -> list[Any]:
-        """Run each list of packed commands as one MULTI/EXEC on one connection and
-        return each transaction's EXEC reply, in order.
+    def send(self, batches: Iterable[list[bytes]]) -> None:
+        """Send batches of packed commands on one connection, in order.
 
-        Transactions are packed lazily and streamed: the next one is packed and sent
-        while the server runs the one before, and at most two are unanswered at a
-        time. The first error reply is raised after every reply has been read. A lost
-        connection is retried as redis-py retries any command: what was sent and not
-        answered is sent again, so (as for any command) a transaction whose reply was
-        lost after the server ran it runs twice."""
-        # The broker's own connection when free: taking one from redis-py's pool costs
-        # more than the round trip of a delay(). A busy one (another thread) means the
-        # pool.
-        if os.getpid() != self._conn_pid:
-            self._conn, self._conn_pid, self._conn_lock = None, os.getpid(), threading.Lock()
-        stream = _TransactionStream(transactions)
-        if self._conn_lock.acquire(blocking=False):
-            try:
-                if self._conn is None:
-                    pool = self.client.connection_pool
-                    self._conn = pool.connection_class(**pool.connection_kwargs)
-                return stream.run(self._conn)
-            finally:
-                self._conn_lock.release()
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            return stream.run(conn)
-        finally:
-            pool.release(conn)
+        Batches are packed lazily and streamed: the next is packed and sent while
+        the server runs the one before, with at most two unanswered. The first error
+        reply is raised once every reply has been read; scripts the server lost
+        (NOSCRIPT: nothing ran) are loaded and their commands sent again. A lost
+        connection is retried as redis-py retries any command: what got no answer is
+        sent again, so (as for any command) a batch whose reply was lost after the
+        server ran it runs twice."""
+        stream = _CommandStream(batches)
+        with self._connection(self.client) as conn:
+            stream.run(conn)
+        if stream.noscript:
+            self._load_scripts()
+            again = _CommandStream([stream.noscript])
+            with self._connection(self.client) as conn:
+                again.run(conn)
 
     def note_queue(self, queue: str) -> bool:
         """True the first time this process enqueues to ``queue`` (then SADD it)."""
@@ -279,6 +298,13 @@ class Broker:
             self.client.sadd(keys.queues(self.ns), queue)
         self._groups.add(queue)
 
+    def recreate_groups(self, queues: list[str]) -> None:
+        """After NOGROUP: the server lost the group (restarted without its data?)."""
+        log.warning("Consumer group missing on %s (server restarted without its data?); "
+                    "recreating it.", self.masked_url)
+        for q in queues:
+            self.ensure_group(q, force=True)
+
     def read(self, consumer: str, queues: list[str], count: int, block_ms: int | None,
              pipe: Packed | None = None) -> list[Delivery]:
         """XREADGROUP new entries; recreates lost groups (server restarted empty).
@@ -295,10 +321,7 @@ class Broker:
         except redis.ResponseError as exc:
             if not is_nogroup(exc):
                 raise
-            log.warning("Consumer group missing on %s (server restarted without its data?); "
-                        "recreating it.", self.masked_url)
-            for q in queues:
-                self.ensure_group(q, force=True)
+            self.recreate_groups(queues)
             return []
         out: list[Delivery] = []
         by_stream = dict(zip(streams, queues, strict=True))
@@ -394,56 +417,48 @@ def _send_read(conn: Any, commands: list[bytes]) -> list[Any]:
     return replies
 
 
-class _TransactionStream:
-    """The send/read loop of ``Broker.transact``; resumable after a reconnect."""
+class _CommandStream:
+    """The send/read loop of ``Broker.send``; resumable after a reconnect."""
 
-    __slots__ = ("source", "unanswered", "replies", "error")
+    __slots__ = ("source", "unanswered", "error", "noscript")
 
-    def __init__(self, transactions: Iterable[list[bytes]]) -> None:
-        self.source = iter(transactions)
-        self.unanswered: deque[tuple[bytes, int]] = deque()  # (packed, commands in it)
-        self.replies: list[Any] = []
+    def __init__(self, batches: Iterable[list[bytes]]) -> None:
+        self.source = iter(batches)
+        self.unanswered: deque[list[bytes]] = deque()
         self.error: Exception | None = None
+        self.noscript: list[bytes] = []  # commands to send again once scripts are loaded
 
-    def run(self, conn: Any) -> list[Any]:
+    def run(self, conn: Any) -> None:
         try:
-            return conn.retry.call_with_retry(lambda: self._run(conn),
-                                              lambda _error: conn.disconnect())
+            conn.retry.call_with_retry(lambda: self._run(conn),
+                                       lambda _error: conn.disconnect())
         except BaseException:
             conn.disconnect()  # replies may be left unread on it
             raise
 
-    def _run(self, conn: Any) -> list[Any]:
+    def _run(self, conn: Any) -> None:
         if self.unanswered:  # a reconnect: send again what got no answer
-            conn.send_packed_command([data for data, _ in self.unanswered], check_health=False)
+            conn.send_packed_command([b"".join(c) for c in self.unanswered],
+                                     check_health=False)
         for commands in self.source:
-            data = b"".join((_MULTI, *commands, _EXEC))
-            self.unanswered.append((data, len(commands)))  # first: a failed send is resent
-            conn.send_packed_command([data], check_health=False)
+            self.unanswered.append(commands)  # first: a failed send is sent again
+            conn.send_packed_command([b"".join(commands)], check_health=False)
             if len(self.unanswered) > 1:
                 self._read(conn)
         while self.unanswered:
             self._read(conn)
         if self.error is not None:
             raise self.error
-        return self.replies
 
     def _read(self, conn: Any) -> None:
-        n = self.unanswered[0][1]
-        for _ in range(n + 1):  # +OK for MULTI, +QUEUED for each command
+        for command in self.unanswered[0]:
             try:
                 conn.read_response()
-            except redis.ResponseError as exc:  # refused when queued: EXEC aborts
+            except redis.exceptions.NoScriptError:
+                self.noscript.append(command)
+            except redis.ResponseError as exc:
                 self.error = self.error or exc
-        try:
-            reply = conn.read_response()
-        except redis.ResponseError as exc:
-            self.error, reply = self.error or exc, None
-        for item in reply or ():
-            if isinstance(item, Exception):
-                self.error = self.error or item
         self.unanswered.popleft()
-        self.replies.append(reply)
 
 
 def as_str(value: bytes | str) -> str:

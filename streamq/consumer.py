@@ -12,16 +12,20 @@ Shared state is guarded by one lock; Redis clients are thread-safe pools.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+import redis
 
 from . import keys, results
 from .broker import Delivery, Packed
 from .broker import as_str as _s
+from .connection import is_nogroup
 from .errors import BrokerConnectionError
 from .executor import Batch, Executor, flush
 from .message import Message, now_ms
@@ -217,15 +221,27 @@ class Consumer:
         """Entries left pending under this consumer name (a replaced process) run first;
         XCLAIM counts this as one more delivery."""
         for q in self.queues:
-            with self.broker.errors():
+            got = None
+            with self.broker.errors(), self._group_lost(q):
                 pending = self.broker.pending_of(q, self.name)
                 ids = [_s(p["message_id"]) for p in pending]
                 got = self.broker.claim(q, self.name, ids, 0)
             if got:
                 log.info("Recovered %d pending message(s) of consumer %s on queue %s.",
                          len(got), self.name, q)
-            with self._lock:
-                self._buffer.extend(got)
+                with self._lock:
+                    self._buffer.extend(got)
+
+    @contextlib.contextmanager
+    def _group_lost(self, queue: str) -> Iterator[None]:
+        """Recreate ``queue``'s group when the server lost it (NOGROUP) instead of
+        failing: there is nothing to reclaim from a group that is gone."""
+        try:
+            yield
+        except redis.ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            self.broker.recreate_groups([queue])
 
     def _reclaim(self) -> None:
         """Take over entries nobody is working on:
@@ -238,10 +254,12 @@ class Consumer:
             live = self._live_workers()
             held = self._held()
             for q in self.queues:
-                got = self._claim_orphans(q, set(held.get(q, ())), 2 * hb_ms)
-                got += self._claim_dead_workers(q, live, 3 * hb_ms)
-                got += self.broker.autoclaim(q, self.name, int(self.settings.claim_after_s *
-                                                               1000), self.prefetch)
+                got = None
+                with self._group_lost(q):
+                    got = self._claim_orphans(q, set(held.get(q, ())), 2 * hb_ms)
+                    got += self._claim_dead_workers(q, live, 3 * hb_ms)
+                    got += self.broker.autoclaim(q, self.name, int(
+                        self.settings.claim_after_s * 1000), self.prefetch)
                 if got:
                     log.warning("Reclaimed %d message(s) on queue %s from dead consumers.",
                                 len(got), q)

@@ -107,9 +107,11 @@ def decode_record(raw: dict[bytes, bytes]) -> dict[str, Any]:
 class AsyncResult:
     """A handle on one task's record: its status, and its result once final."""
 
-    def __init__(self, task_id: str, app: StreamQ) -> None:
+    def __init__(self, task_id: str, app: StreamQ, *, sent_at: float | None = None) -> None:
         self.id = task_id
         self.app = app
+        # When this process enqueued the task (time.monotonic()), if it did: see get().
+        self._sent_at = sent_at
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
@@ -170,7 +172,17 @@ class AsyncResult:
         (a ``TimeoutError``) when ``timeout`` seconds pass, and
         ``ResultNotFoundError`` for an id with no record.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        # A task this process enqueued a moment ago has a completion list from the
+        # moment it finishes until at least DONE_TTL_S after it was enqueued, so
+        # the wait can start at once, without reading the record first.
+        fresh = (min(DONE_TTL_S, self.app.settings.result_ttl) - 1 - (now - self._sent_at)
+                 if self._sent_at is not None else 0)
+        if fresh > 0:
+            payload = self._wait_done(fresh if timeout is None else min(fresh, timeout))
+            if payload is not None and payload[:1] == b"S":
+                return self._decode_completion(payload)
         rec = self._record()
         while rec.get("status") not in FINAL_STATES:
             if not rec:
@@ -188,15 +200,18 @@ class AsyncResult:
             # meanwhile; completion wakes the read at once.
             payload = self._wait_done(5.0 if remaining is None else min(remaining, 5.0))
             if payload is not None and payload[:1] == b"S":
-                ct, ce, result = payload[1:].split(b"\n", 2)
-                return serialization.loads(result, ct.decode(), ce.decode(),
-                                           accept=self.app.accept_content_types)
+                return self._decode_completion(payload)
             rec = self._record()
             if payload is not None and rec.get("status") not in FINAL_STATES:
                 # A completion from an earlier run of a requeued task: it answers at
                 # once, so pace the loop instead of spinning on it.
                 time.sleep(min(0.1, remaining or 0.1))
         return self._outcome(rec, propagate)
+
+    def _decode_completion(self, payload: bytes) -> Any:
+        ct, ce, result = payload[1:].split(b"\n", 2)
+        return serialization.loads(result, ct.decode(), ce.decode(),
+                                   accept=self.app.accept_content_types)
 
     def _wait_done(self, seconds: float) -> bytes | None:
         broker = self.app.broker

@@ -99,7 +99,19 @@ def test_enqueue_survives_a_killed_connection_without_loss_or_duplicates(
     assert [r.get(timeout=5) for r in many] == [str(i) for i in range(1050)]
 
 
-def test_enqueue_error_reply_raises_and_writes_nothing(app: StreamQ,
+def test_scripts_lost_by_the_server_are_loaded_again(app: StreamQ,
+                                                      rclient: redis.Redis) -> None:
+    stream = keys.stream(app.settings.namespace, "default")
+    rclient.script_flush()  # as after a restart: map()'s script and the worker's are gone
+    results = tasks.add.map([(i, 1) for i in range(250)])
+    assert rclient.xlen(stream) == 250  # every call once: none lost, none sent twice
+    rclient.script_flush()
+    drain(app)
+    assert [r.get(timeout=5) for r in results] == [i + 1 for i in range(250)]
+    assert rclient.xlen(stream) == 0
+
+
+def test_enqueue_error_reply_raises(app: StreamQ,
                                                        rclient: redis.Redis) -> None:
     ns = app.settings.namespace
     rclient.set(keys.stream(ns, "default"), "not a stream")

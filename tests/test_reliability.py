@@ -341,7 +341,8 @@ def test_server_restart_without_persistence_recreates_group(tmp_path: Path, name
         srv.restart()  # every key is gone, the consumer group too
         res = wait_until(lambda: _try_enqueue(), timeout=20, message="server back")
         assert res.get(timeout=30) == 5
-        assert "recreating it" in w.output()
+        assert "recreating it" in w.output(), w.output()[-3000:]
+        assert "unexpected error" not in w.output(), w.output()[-3000:]  # no process died
         assert w.stop() == 0
     finally:
         tasks.app.close()
