@@ -7,10 +7,9 @@ process; redis-py's pool notices a fork and reconnects in the child.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -48,20 +47,35 @@ def make_client(url: str, settings: Settings, *, blocking: bool = False) -> redi
         raise ConfigurationError(f"invalid server URL {mask_url(url)!r}: {exc}") from None
 
 
-@contextlib.contextmanager
-def redis_errors(url: str | None) -> Iterator[None]:
-    """Translate redis-py's errors into streamq's, naming the (masked) URL."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise BrokerConnectionError(
-            f"cannot reach the Redis server at {mask_url(url)}: {exc}; "
-            f"is it running, and is the URL right?"
-        ) from exc
-    except redis.AuthenticationError as exc:  # pragma: no cover - subclass of ConnectionError
-        raise BrokerConnectionError(f"authentication failed at {mask_url(url)}: {exc}") from exc
-    except redis.ResponseError as exc:
-        raise BrokerError(f"the server at {mask_url(url)} answered: {exc}") from exc
+class redis_errors:  # noqa: N801 - used like the function it replaced: with redis_errors(url)
+    """Translate redis-py's errors into streamq's, naming the (masked) URL.
+
+    A class rather than a generator context manager: it wraps every enqueue, and
+    costs a third as much."""
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if exc is None:
+            return
+        url = self.url
+        if isinstance(exc, redis.AuthenticationError):
+            raise BrokerConnectionError(
+                f"authentication failed at {mask_url(url)}: {exc}") from exc
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            raise BrokerConnectionError(
+                f"cannot reach the Redis server at {mask_url(url)}: {exc}; "
+                f"is it running, and is the URL right?"
+            ) from exc
+        if isinstance(exc, redis.ResponseError):
+            raise BrokerError(f"the server at {mask_url(url)} answered: {exc}") from exc
 
 
 def is_nogroup(exc: BaseException) -> bool:

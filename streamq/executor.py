@@ -84,6 +84,7 @@ class Executor:
         self.on_start = on_start
         self.on_finish = on_finish
         self.accept = app.accept_content_types
+        self.serializer = app.settings.serializer
         self.observers: list[Callable[[str, str, str, float | None], None]] = []
         """Called as ``observer(queue, task, outcome, runtime_s)`` at every state change
         (started, succeeded, failed, retried, dead); their errors are logged, not raised."""
@@ -177,8 +178,8 @@ class Executor:
                 self.on_finish(d)
         runtime = time.perf_counter() - t0
         try:
-            ct, ce, payload = serialization.dumps(value, self.app.settings.serializer,
-                                                  what=f"the result of task {msg.task}")
+            ct, ce, payload = serialization.dumps(value, self.serializer, "the result",
+                                                  msg.task)
         except EncodeError as exc:
             return self._failed(d, batch, msg, task, "EncodeError", str(exc), "",
                                 retryable=False, started_ms=started_ms)

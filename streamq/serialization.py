@@ -79,9 +79,13 @@ def _offending_type(value: Any) -> str | None:
     return None
 
 
-def dumps(value: Any, serializer: str, what: str) -> tuple[str, str, bytes | str]:
-    """Serialize ``value``; returns (content_type, content_encoding, payload)."""
+def dumps(value: Any, serializer: str, what: str, task: str) -> tuple[str, str, bytes | str]:
+    """Serialize ``value`` (``what`` of ``task``, for the error message: built only
+    on error, since this runs twice per task); returns (content_type,
+    content_encoding, payload)."""
     if serializer == "json":
+        if value is None:  # most tasks return nothing
+            return JSON_CONTENT_TYPE, "utf-8", "null"
         try:
             return JSON_CONTENT_TYPE, "utf-8", _json_encoder.encode(value)
         except (TypeError, ValueError):
@@ -94,7 +98,8 @@ def dumps(value: Any, serializer: str, what: str) -> tuple[str, str, bytes | str
         offending = _offending_type(value) if serializer == "json" else None
         named = f" (a value of type {offending})" if offending else ""
         raise EncodeError(
-            f"cannot serialize {what} with the {serializer!r} serializer{named}: {cause}; "
+            f"cannot serialize {what} of task {task} with the {serializer!r} "
+            f"serializer{named}: {cause}; "
             f"pass JSON-compatible values or use serializer='cloudpickle'"
         ) from exc
 

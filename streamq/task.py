@@ -97,10 +97,9 @@ def build_message(serializer: str, name: str, queue: str, args: Iterable[Any],
                   kwargs: dict[str, Any], due_ms: int | None, task_id: str | None = None
                   ) -> Message:
     """Serialize one call of task ``name`` into a message (no Redis involved)."""
-    ct, ce, body = serialization.dumps([list(args), kwargs], serializer,
-                                       what=f"the arguments of task {name}")
-    return Message(id=task_id or new_task_id(), task=name, queue=queue, content_type=ct,
-                   content_encoding=ce, body=body, enqueued_ms=now_ms(), eta_ms=due_ms)
+    ct, ce, body = serialization.dumps([list(args), kwargs], serializer, "the arguments",
+                                       name)
+    return Message(task_id or new_task_id(), name, queue, ct, ce, body, 0, now_ms(), due_ms)
 
 
 def _positional_arity(signature: inspect.Signature) -> tuple[int, float] | None:
@@ -140,7 +139,7 @@ class Task(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
         """Enqueue a call with these arguments; returns its ``AsyncResult``."""
-        return self.apply_async(args, kwargs)
+        return self.app.send([self.prepare(args, kwargs)])[0]
 
     def apply_async(
         self,
@@ -186,7 +185,7 @@ class Task(Generic[P, R]):
                 self._signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{self.name}(): {exc}") from None
-        due = due_ms_from(countdown, eta)
+        due = None if countdown is None and eta is None else due_ms_from(countdown, eta)
         message = build_message(self.app.settings.serializer, self.name,
                                 check_queue_name(queue) if queue else self.options.queue,
                                 args, kwargs, due, task_id)

@@ -394,6 +394,24 @@ def test_unreachable_server_is_a_connection_error_with_masked_password() -> None
     assert "sekrit-pw" not in repr(app.settings)
 
 
+def test_wrong_password_is_an_authentication_error(tmp_path: Any, namespace: str) -> None:
+    from tests.servers import ServerProcess
+
+    srv = ServerProcess("valkey", tmp_path / "srv").start()
+    admin = redis.Redis(port=srv.port)
+    try:
+        admin.config_set("requirepass", "right-pw")
+        app = StreamQ(f"redis://:wrong-pw@127.0.0.1:{srv.port}/0", namespace=namespace)
+        t = app.task(lambda: None, name="noop")
+        with pytest.raises(BrokerConnectionError, match="authentication failed") as info:
+            t.delay()
+        assert "wrong-pw" not in str(info.value)
+        app.close()
+    finally:
+        redis.Redis(port=srv.port, password="right-pw").config_set("requirepass", "")
+        srv.stop()
+
+
 def test_invalid_urls_and_names_are_configuration_errors() -> None:
     with pytest.raises(ConfigurationError, match="redis://"):
         StreamQ("http://localhost:6379")
