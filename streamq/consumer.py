@@ -179,7 +179,7 @@ class Consumer:
         before it in the same pipeline take effect before it blocks."""
         batch = self._take_batch()
         pipe = Packed()
-        flush(self.app, batch, self.worker_key, pipe=pipe)
+        flush(self.app, batch, self.name, self.worker_key, pipe=pipe)
         try:
             with self.broker.errors():
                 return self.broker.read(self.name, self.queues, self.prefetch, self.block_ms,
@@ -211,7 +211,7 @@ class Consumer:
         if not len(batch):
             return
         try:
-            flush(self.app, batch, self.worker_key)
+            flush(self.app, batch, self.name, self.worker_key)
         except Exception:
             self._restore_batch(batch)
             raise

@@ -184,8 +184,7 @@ class Executor:
             return self._failed(d, batch, msg, task, "EncodeError", str(exc), "",
                                 retryable=False, started_ms=started_ms)
         batch.records.append((msg.id, results.Success(
-            payload, ct, ce, d.deliveries, started_ms, int(runtime * 1000), self.consumer),
-            True))
+            payload, ct, ce, d.deliveries, started_ms, int(runtime * 1000)), True))
         batch.acks.setdefault(d.queue, []).append(d.entry_id)
         self._record_outcome(batch, d.queue, msg.task, "succeeded", runtime)
         if log.isEnabledFor(logging.INFO):
@@ -279,8 +278,8 @@ def _type_name(exc: BaseException) -> str:
         f"{cls.__module__}.{cls.__qualname__}"
 
 
-def flush(app: StreamQ, batch: Batch, worker_key: str | None = None, pipe: Any = None
-          ) -> None:
+def flush(app: StreamQ, batch: Batch, consumer: str, worker_key: str | None = None,
+          pipe: Any = None) -> None:
     """Write a batch's outcomes in one pipeline: records, moves, then acks.
 
     With ``pipe`` the commands are only queued on it (the caller executes it)."""
@@ -292,7 +291,7 @@ def flush(app: StreamQ, batch: Batch, worker_key: str | None = None, pipe: Any =
     if own_pipe:
         pipe = Packed()
     if batch.records:
-        results.write_many(pipe, broker, ns, batch.records, ttl)
+        results.write_many(pipe, broker, ns, batch.records, ttl, consumer)
     for move in batch.moves:
         move(pipe)
     for queue, ids in batch.acks.items():

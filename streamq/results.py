@@ -57,7 +57,6 @@ class Success(NamedTuple):
     deliveries: int
     started_ms: int
     runtime_ms: int
-    worker: str
 
 
 def _completion(fields: dict[str, Any]) -> bytes | str:
@@ -74,11 +73,12 @@ def _completion(fields: dict[str, Any]) -> bytes | str:
 
 
 def write_many(pipe: Any, broker: Any, ns: str,
-               records: list[tuple[str, dict[str, Any] | Success, bool]], ttl_s: int) -> None:
+               records: list[tuple[str, dict[str, Any] | Success, bool]], ttl_s: int,
+               worker: str) -> None:
     """Queue many record updates as one script call (one command per batch instead
-    of four per task)."""
+    of four per task); ``worker`` is the consumer that ran the ``Success`` ones."""
     keys_: list[str] = []
-    args: list[Any] = [ttl_s, min(ttl_s, DONE_TTL_S)]
+    args: list[Any] = [ttl_s, min(ttl_s, DONE_TTL_S), worker]
     for task_id, fields, final in records:
         keys_ += [keys.result(ns, task_id), keys.done(ns, task_id)]
         if isinstance(fields, Success):

@@ -70,6 +70,10 @@ def test_delay_enqueues_and_worker_stores_the_result(app: StreamQ) -> None:
     info = res.info
     assert info["status"] == "SUCCESS" and info["result"] == 5
     assert info["task"] == "tests.tasks.add" and info["queue"] == "default"
+    assert info["worker"] == "testhost:1:aaaa-0" and info["deliveries"] == 1
+    assert info["retries"] == 0 and info["result_ct"] == "application/json"
+    assert info["enqueued_ms"] <= info["started_ms"] and info["runtime_ms"] >= 0
+    assert "result_ce" not in info  # utf-8, the default, is not stored
 
 
 def test_record_and_message_are_one_round_trip_and_record_has_ttl(app: StreamQ,
@@ -241,6 +245,9 @@ def test_cloudpickle_serializer_round_trips_objects(server: Any, namespace: str)
     c.run_once()
     c.stop()
     assert res3.get(timeout=5) == timedelta(seconds=2)
+    # A binary result keeps its encoding in the record, and reads back from it too.
+    assert AsyncResult(res3.id, app).info["result_ce"] == "binary"
+    assert AsyncResult(res3.id, app).get(timeout=5) == timedelta(seconds=2)
     app.close()
 
 

@@ -1,15 +1,16 @@
 -- Write a batch of task records in one call (the hot path's one write per batch).
 -- KEYS[2i-1] the record (hash) of task i, KEYS[2i] its completion list
--- ARGV[1] record TTL (s), ARGV[2] completion list TTL (s); then per record either
---   'S', result, content type, content encoding, deliveries, started_ms, runtime_ms,
---   worker: a success, the common case, whose field names are written here instead
---   of being sent for every task; or
+-- ARGV[1] record TTL (s), ARGV[2] completion list TTL (s), ARGV[3] the worker (for
+-- successes); then per record either
+--   'S', result, content type, content encoding, deliveries, started_ms, runtime_ms:
+--   a success, the common case, whose field names are written here instead of being
+--   sent for every task; or
 --   'R', the completion payload ('' while not final), the number of fields n, and
 --   n field/value pairs.
 -- Invariant: a record is complete before its completion is pushed, so a waiter
 -- that wakes (AsyncResult.get blocks on the list) always finds it final.
-local ttl, done_ttl = ARGV[1], ARGV[2]
-local pos = 3
+local ttl, done_ttl, worker = ARGV[1], ARGV[2], ARGV[3]
+local pos = 4
 for i = 1, #KEYS, 2 do
   local payload
   if ARGV[pos] == 'S' then
@@ -17,14 +18,14 @@ for i = 1, #KEYS, 2 do
     if ce == 'utf-8' then  -- the default: not stored
       redis.call('HSET', KEYS[i], 'status', 'SUCCESS', 'result', result, 'result_ct', ct,
                  'deliveries', ARGV[pos + 4], 'started_ms', ARGV[pos + 5],
-                 'runtime_ms', ARGV[pos + 6], 'worker', ARGV[pos + 7])
+                 'runtime_ms', ARGV[pos + 6], 'worker', worker)
     else
       redis.call('HSET', KEYS[i], 'status', 'SUCCESS', 'result', result, 'result_ct', ct,
                  'result_ce', ce, 'deliveries', ARGV[pos + 4], 'started_ms', ARGV[pos + 5],
-                 'runtime_ms', ARGV[pos + 6], 'worker', ARGV[pos + 7])
+                 'runtime_ms', ARGV[pos + 6], 'worker', worker)
     end
     payload = 'S' .. ct .. '\n' .. ce .. '\n' .. result
-    pos = pos + 8
+    pos = pos + 7
   else
     payload = ARGV[pos + 1]
     local n = tonumber(ARGV[pos + 2])
