@@ -6,7 +6,8 @@ pushes the outcome (with the result, on success) to the short-lived list
 ``ns:done:<id>``. ``AsyncResult.get`` reads the record once and, if the task is
 not done, blocks on that list with BLMOVE onto itself: a read that wakes the
 moment the task finishes, consumes nothing (any number of waiters), and usually
-already carries the result, so waiting costs two round trips and no polling.
+already carries the result, so waiting costs two round trips and no polling. For a
+task this process enqueued moments ago the record read is skipped: one round trip.
 """
 
 from __future__ import annotations
