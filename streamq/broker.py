@@ -36,6 +36,7 @@ def _load_lua(name: str) -> str:
 
 
 _LUA = {name: _load_lua(name) for name in _SCRIPT_NAMES}
+_MULTI, _EXEC = _pack(("MULTI",)), _pack(("EXEC",))
 _SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _LUA.items()}
 
 
@@ -236,14 +237,17 @@ class Broker:
                          due_ms: int | None) -> None:
         """Append the packed commands of one enqueue to ``out``: the record first, so
         a message never exists without its record and its id never reads UNKNOWN."""
+        if due_ms:
+            # A transaction: a connection lost between the delayed message (a hash
+            # field with no TTL) and its ZADD would leave the message forever.
+            out += (_MULTI, _pack(("HSET", record_key, *record)),
+                    _pack(("EXPIRE", record_key, ttl_s)),
+                    _pack(("HSET", keys.delayed_messages(self.ns, queue), task_id, encoded)),
+                    _pack(("ZADD", keys.delayed(self.ns, queue), due_ms, task_id)), _EXEC)
+            return
         out.append(_pack(("HSET", record_key, *record)))
         out.append(_pack(("EXPIRE", record_key, ttl_s)))
-        if due_ms:
-            out.append(_pack(("HSET", keys.delayed_messages(self.ns, queue), task_id,
-                              encoded)))
-            out.append(_pack(("ZADD", keys.delayed(self.ns, queue), due_ms, task_id)))
-        else:
-            out.append(_pack(("XADD", keys.stream(self.ns, queue), "*", "m", encoded)))
+        out.append(_pack(("XADD", keys.stream(self.ns, queue), "*", "m", encoded)))
 
     def enqueue_many_command(self, queue: str, record_keys: list[str], record: list[Any],
                              ttl_s: int, encoded: list[str]) -> bytes:
@@ -453,11 +457,15 @@ class _CommandStream:
     def _read(self, conn: Any) -> None:
         for command in self.unanswered[0]:
             try:
-                conn.read_response()
+                reply = conn.read_response()
             except redis.exceptions.NoScriptError:
                 self.noscript.append(command)
             except redis.ResponseError as exc:
                 self.error = self.error or exc
+            else:
+                if command is _EXEC and reply:  # errors of a transaction's commands
+                    self.error = self.error or next(
+                        (r for r in reply if isinstance(r, Exception)), None)
         self.unanswered.popleft()
 
 

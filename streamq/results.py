@@ -181,7 +181,8 @@ class AsyncResult:
         fresh = (min(DONE_TTL_S, self.app.settings.result_ttl) - 1 - (now - self._sent_at)
                  if self._sent_at is not None else 0)
         if fresh > 0:
-            payload = self._wait_done(fresh if timeout is None else min(fresh, timeout))
+            wait = min(fresh, self._max_block_s)
+            payload = self._wait_done(wait if timeout is None else min(wait, timeout))
             if payload is not None and payload[:1] == b"S":
                 return self._decode_completion(payload)
         rec = self._record()
@@ -199,7 +200,8 @@ class AsyncResult:
                 )
             # Wake-ups every few seconds only re-check a record that may have expired
             # meanwhile; completion wakes the read at once.
-            payload = self._wait_done(5.0 if remaining is None else min(remaining, 5.0))
+            block = self._max_block_s
+            payload = self._wait_done(block if remaining is None else min(remaining, block))
             if payload is not None and payload[:1] == b"S":
                 return self._decode_completion(payload)
             rec = self._record()
@@ -208,6 +210,12 @@ class AsyncResult:
                 # once, so pace the loop instead of spinning on it.
                 time.sleep(min(0.1, remaining or 0.1))
         return self._outcome(rec, propagate)
+
+    @property
+    def _max_block_s(self) -> float:
+        """The longest single blocking read: well inside the client's socket timeout,
+        which would otherwise cut it off."""
+        return max(0.1, min(5.0, self.app.settings.socket_timeout_s / 2))
 
     def _decode_completion(self, payload: bytes) -> Any:
         ct, ce, result = payload[1:].split(b"\n", 2)

@@ -125,6 +125,12 @@ def test_enqueue_error_reply_raises(app: StreamQ,
     rclient.delete(keys.stream(ns, "default"))
     # The connection is still usable afterwards.
     assert tasks.echo.delay("y").status == "PENDING"
+    # A delayed enqueue is a transaction: an error inside it is raised too.
+    rclient.set(keys.delayed(ns, "default"), "not a sorted set")
+    with pytest.raises(streamq.BrokerError, match="WRONGTYPE"):
+        tasks.echo.apply_async(("z",), countdown=30)
+    rclient.delete(keys.delayed(ns, "default"))
+    assert tasks.echo.apply_async(("z",), countdown=30).status == "SCHEDULED"
 
 
 def test_concurrent_producers_share_the_app(app: StreamQ, rclient: redis.Redis) -> None:

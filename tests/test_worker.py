@@ -131,3 +131,19 @@ def test_worker_survives_and_keeps_results_coming(app: StreamQ, start_worker: An
         time.sleep(0.01)
     assert got == [2 * i for i in range(20)]
     assert w.stop() == 0
+
+
+def test_get_waits_longer_than_the_socket_timeout(valkey: Any, namespace: str,
+                                                  start_worker: Any) -> None:
+    # get() blocks in slices shorter than the client's socket timeout, so a task
+    # that takes longer than it is waited for, not cut off with a connection error.
+    producer = StreamQ(valkey.url, namespace=namespace, socket_timeout_s=1.0)
+    slow = producer.task(name=tasks.nap.name)(tasks.nap.fn)
+    w = start_worker(valkey.url, "-c", "2")
+    # Longer than redis-py's retries of a timed-out read (about 6 s with a 1 s timeout).
+    fresh = slow.delay(7.0, 7)
+    later = producer.AsyncResult(slow.delay(7.0, 8).id)  # not fresh: reads the record first
+    assert fresh.get(timeout=30) == 7
+    assert later.get(timeout=30) == 8
+    producer.close()
+    assert w.stop() == 0
