@@ -334,8 +334,12 @@ class Broker:
         for stream_key, entries in pairs:
             queue = by_stream[_s(stream_key)]
             for entry_id, fields in entries:
-                # fields: [b"m", message], as written by enqueue
-                out.append(Delivery(queue, _s(entry_id), fields[1] if fields else None))
+                # [b"m", message] as enqueue writes it. An entry written by something
+                # else is kept as the repr of its fields: it fails to decode and goes
+                # to dead letters, where it can be read, instead of vanishing.
+                raw = (fields[1] if fields[0] == b"m" and len(fields) == 2
+                       else repr(fields).encode()) if fields else None
+                out.append(Delivery(queue, _s(entry_id), raw))
         return out
 
     def pending_of(self, queue: str, consumer: str, count: int = 1000) -> list[dict[str, Any]]:

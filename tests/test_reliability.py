@@ -469,3 +469,22 @@ def test_batching_never_strands_work_behind_a_long_task(app: StreamQ,
     assert long.status in ("STARTED", "PENDING")  # still running: nothing waited for it
     assert long.get(timeout=15) == 1
     assert w1.stop() == 0 and w2.stop() == 0
+
+
+def test_foreign_stream_entry_goes_to_dead_letters_readable(app: StreamQ,
+                                                            rclient: redis.Redis) -> None:
+    ns = app.settings.namespace
+    from streamq.consumer import Consumer
+
+    rclient.xadd(keys.stream(ns, "default"), {"hello": "world"})  # not written by streamq
+    ok = tasks.add.delay(1, 2)
+    c = Consumer(app, ["default"], "testhost:1:aaaa-0", block_ms=50)
+    c.start(housekeeping=False)
+    for _ in range(3):
+        c.run_once()
+    c.stop()
+    assert ok.get(timeout=5) == 3  # the worker went on
+    letters = app.dead.list("default")
+    assert len(letters) == 1 and "undecodable" in letters[0].reason
+    assert b"hello" in letters[0].raw and b"world" in letters[0].raw
+    assert rclient.xlen(keys.stream(ns, "default")) == 0
