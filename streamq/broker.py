@@ -28,7 +28,7 @@ from .settings import Settings, mask_url
 log = logging.getLogger(__name__)
 
 _SCRIPT_NAMES = ("ack", "retry", "dead", "promote", "heartbeat", "release", "requeue_dead",
-                 "records", "enqueue_many")
+                 "records", "enqueue_many", "wait")
 
 
 def _load_lua(name: str) -> str:

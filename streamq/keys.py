@@ -16,8 +16,9 @@ key                                 type          what / owner / lifetime
                                                   ``id``, ``at_ms``; kept until requeued/purged.
 ``ns:result:<task id>``             hash          the task's record (status, result, error...);
                                                   TTL ``result_ttl`` refreshed on every change.
-``ns:done:<task id>``               list          one element pushed when the record turns final
-                                                  (the outcome; the result on success);
+``ns:done:<task id>``               list          one element pushed when a record that a waiter
+                                                  marked (field ``waiting``) turns final (the
+                                                  outcome; the result on success); TTL 10 s;
                                                   ``AsyncResult.get`` blocks on it (BLMOVE
                                                   onto itself, so it is never consumed).
                                                   TTL: min(result_ttl, 10 s).

@@ -1,13 +1,14 @@
 """Task records (one hash per task, with a TTL) and ``AsyncResult``.
 
 A record is written with the message at enqueue and rewritten at every state
-change; each write refreshes its TTL. When a record turns final, the worker also
-pushes the outcome (with the result, on success) to the short-lived list
-``ns:done:<id>``. ``AsyncResult.get`` reads the record once and, if the task is
-not done, blocks on that list with BLMOVE onto itself: a read that wakes the
-moment the task finishes, consumes nothing (any number of waiters), and usually
-already carries the result, so waiting costs two round trips and no polling. For a
-task this process enqueued moments ago the record read is skipped: one round trip.
+change; each write refreshes its TTL. ``AsyncResult.get`` marks the record as
+waited on (``wait.lua``, which also reads the status) and blocks with BLMOVE onto
+itself on the short-lived list ``ns:done:<id>``; when a marked record turns final,
+the worker pushes the outcome there (with the result, on success). So a waiter
+wakes the moment the task finishes, consumes nothing (any number of waiters), and
+usually gets the result with the wake-up; tasks nobody waits for cost no list. A
+task this process enqueued is marked and waited for in one round trip; any other
+takes two. Nothing polls.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import keys, serialization
+from .broker import Packed
 from .errors import ResultNotFoundError, ResultTimeoutError, TaskFailed
 
 if TYPE_CHECKING:
@@ -37,9 +39,9 @@ _INT_FIELDS = ("retries", "deliveries", "enqueued_ms", "eta_ms", "started_ms",
 
 
 DONE_TTL_S = 10
-"""How long a completion list lives. It only has to outlast the moment between a
-waiter's read of the record and its blocking read; later waiters find the final
-record itself. Short, because it costs ~200 bytes per task while it lives."""
+"""How long a completion list lives: it only has to outlast the moment between a
+waiter's mark and its blocking read (wait.lua pushes a new one for a record that
+was final before anyone waited). Short, because it costs ~200 bytes a task."""
 
 
 def write(pipe: Any, ns: str, task_id: str, fields: dict[str, Any], ttl_s: int) -> None:
@@ -97,6 +99,8 @@ def decode_record(raw: dict[bytes, bytes]) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     for k, v in raw.items():
         name = k.decode()
+        if name == "waiting":  # wait.lua's mark, not part of the task's record
+            continue
         if name == "result":
             rec[name] = v
             continue
@@ -175,41 +179,64 @@ class AsyncResult:
         """
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
-        # A task this process enqueued a moment ago has a completion list from the
-        # moment it finishes until at least DONE_TTL_S after it was enqueued, so
-        # the wait can start at once, without reading the record first.
-        fresh = (min(DONE_TTL_S, self.app.settings.result_ttl) - 1 - (now - self._sent_at)
-                 if self._sent_at is not None else 0)
-        if fresh > 0:
-            wait = min(fresh, self._max_block_s)
-            payload = self._wait_done(wait if timeout is None else min(wait, timeout))
+        # A task this process enqueued has a record, so marking it and blocking can
+        # share one round trip: no block on a record that does not exist.
+        known = self._sent_at is not None and \
+            now - self._sent_at < self.app.settings.result_ttl
+        status: str | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            # Wake-ups every few seconds only re-check a record that may have expired
+            # meanwhile; completion wakes the read at once.
+            block = self._max_block_s if remaining is None else \
+                max(0.01, min(remaining, self._max_block_s))
+            if known:
+                status, payload = self._mark_and_wait(block)
+            else:
+                status = self._mark()
+                payload = None if status is None else self._wait_done(block)
+                known = True
             if payload is not None and payload[:1] == b"S":
                 return self._decode_completion(payload)
-        rec = self._record()
-        while rec.get("status") not in FINAL_STATES:
-            if not rec:
+            if status is None:
                 raise ResultNotFoundError(
                     f"no record for task {self.id}: it was never enqueued here, was "
                     f"forgotten, or its record expired (result_ttl)"
                 )
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ResultTimeoutError(
-                    f"task {self.id} did not finish within the timeout "
-                    f"(status {rec.get('status')})"
-                )
-            # Wake-ups every few seconds only re-check a record that may have expired
-            # meanwhile; completion wakes the read at once.
-            block = self._max_block_s
-            payload = self._wait_done(block if remaining is None else min(remaining, block))
-            if payload is not None and payload[:1] == b"S":
-                return self._decode_completion(payload)
-            rec = self._record()
-            if payload is not None and rec.get("status") not in FINAL_STATES:
+            if payload is not None:
+                rec = self._record()
+                if rec.get("status") in FINAL_STATES:
+                    return self._outcome(rec, propagate)
                 # A completion from an earlier run of a requeued task: it answers at
                 # once, so pace the loop instead of spinning on it.
                 time.sleep(min(0.1, remaining or 0.1))
-        return self._outcome(rec, propagate)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeoutError(
+                    f"task {self.id} did not finish within the timeout (status {status})")
+
+    def _mark(self) -> str | None:
+        """wait.lua: the status (None for an unknown id), marking an unfinished
+        record as waited on."""
+        broker, ns = self.app.broker, self.app.settings.namespace
+        with broker.errors():
+            status = broker.call("wait", [self._key, keys.done(ns, self.id)],
+                                 [self._done_ttl])
+        return status.decode() if status else None
+
+    def _mark_and_wait(self, seconds: float) -> tuple[str | None, bytes | None]:
+        """``_mark`` and ``_wait_done`` in one round trip."""
+        broker, ns = self.app.broker, self.app.settings.namespace
+        done = keys.done(ns, self.id)
+        packed = Packed()
+        broker.evalsha(packed, "wait", [self._key, done], [self._done_ttl])
+        packed.execute_command("BLMOVE", done, done, "RIGHT", "LEFT", seconds)
+        with broker.errors():
+            status, payload = broker.run(packed)
+        return (status.decode() if status else None), payload
+
+    @property
+    def _done_ttl(self) -> int:
+        return min(self.app.settings.result_ttl, DONE_TTL_S)
 
     @property
     def _max_block_s(self) -> float:

@@ -297,10 +297,30 @@ def test_get_waits_for_a_result_finished_later(app: StreamQ) -> None:
         "time.sleep(0.5); drain(tasks.app)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    other = app.AsyncResult(res.id)  # a second waiter, not the one that enqueued
     try:
         assert res.get(timeout=20) == 42
+        assert other.get(timeout=20) == 42
     finally:
         proc.wait(20)
+    assert "waiting" not in res.info  # the waiter's mark is not part of the record
+
+
+def test_only_waited_tasks_get_a_completion_list(app: StreamQ, rclient: redis.Redis) -> None:
+    ns = app.settings.namespace
+    unwaited, waited = tasks.add.delay(1, 1), tasks.add.delay(2, 2)
+    with pytest.raises(ResultTimeoutError):
+        waited.get(timeout=0.05)  # marks it as waited on
+    drain(app)
+    assert not rclient.exists(keys.done(ns, unwaited.id))
+    assert rclient.lrange(keys.done(ns, waited.id), 0, -1) == [b"Sapplication/json\nutf-8\n4"]
+    # A task that finished before anyone waited still answers at once, and so does
+    # a failed one (its error is read from the record).
+    assert unwaited.get(timeout=5) == 2
+    failed = tasks.fail.delay("boom")
+    drain(app)
+    with pytest.raises(TaskFailed, match="boom"):
+        app.AsyncResult(failed.id).get(timeout=5)
 
 
 def test_forget_deletes_the_record(app: StreamQ) -> None:

@@ -7,6 +7,8 @@
 --   sent for every task; or
 --   'R', the completion payload ('' while not final), the number of fields n, and
 --   n field/value pairs.
+-- A completion is pushed only to a record a waiter marked (wait.lua): most tasks
+-- have none, and the list would cost the server a push and a TTL each.
 -- Invariant: a record is complete before its completion is pushed, so a waiter
 -- that wakes (AsyncResult.get blocks on the list) always finds it final.
 local ttl, done_ttl, worker = ARGV[1], ARGV[2], ARGV[3]
@@ -34,7 +36,7 @@ for i = 1, #KEYS, 2 do
     pos = pos + 2 * n
   end
   redis.call('EXPIRE', KEYS[i], ttl)
-  if payload ~= '' then
+  if payload ~= '' and redis.call('HEXISTS', KEYS[i], 'waiting') == 1 then
     -- Only the newest completion counts (a requeued task can finish twice).
     if redis.call('RPUSH', KEYS[i + 1], payload) > 1 then
       redis.call('LTRIM', KEYS[i + 1], -1, -1)
