@@ -14,7 +14,7 @@ from itertools import groupby
 from typing import Any, overload
 
 from . import keys, results, serialization
-from .broker import Broker
+from .broker import Broker, Packed
 from .deadletter import DeadLetters
 from .errors import ConfigurationError
 from .message import Message, now_ms
@@ -132,15 +132,18 @@ class StreamQ:
         ns, ttl = self.settings.namespace, self.settings.result_ttl
         broker = self.broker
 
+        if len(prepared) == 1:  # delay(): one batch, nothing to group or stream
+            message, due = prepared[0]
+            commands: list[bytes] = []
+            self._enqueue(commands, message, due, message.enqueued_ms, ns, ttl)
+            with broker.errors():
+                broker.run(Packed(commands))
+            return [AsyncResult(message.id, self, sent_at=time.monotonic())]
+
         def batches() -> Iterator[list[bytes]]:
-            if len(prepared) == 1:  # delay(): nothing to group
-                commands: list[bytes] = []
-                self._enqueue(commands, *prepared[0], now_ms(), ns, ttl)
-                yield commands
-                return
             for start in range(0, len(prepared), _BATCH):
                 enq = now_ms()
-                commands = []
+                commands: list[bytes] = []
                 # Consecutive calls of one task to one queue, due now (map()'s case),
                 # share one record template and one script call.
                 runs = groupby(prepared[start:start + _BATCH],

@@ -59,8 +59,8 @@ class Packed:
 
     __slots__ = ("commands",)
 
-    def __init__(self) -> None:
-        self.commands: list[bytes] = []
+    def __init__(self, commands: list[bytes] | None = None) -> None:
+        self.commands: list[bytes] = commands if commands is not None else []
 
     def __len__(self) -> int:
         return len(self.commands)
@@ -217,6 +217,10 @@ class Broker:
         for r in replies:
             if isinstance(r, Exception):
                 raise r
+            if type(r) is list and r and r[0].__class__ is not list:  # an EXEC's replies
+                for item in r:
+                    if isinstance(item, Exception):
+                        raise item
         return replies
 
     def _load_scripts(self) -> None:
