@@ -151,10 +151,9 @@ class StreamQ:
                 for (task, queue, due_now), items in runs:
                     run = list(items)
                     if due_now and len(run) > 1:
-                        record = ["status", results.PENDING, "task", task, "queue", queue,
-                                  "retries", 0, "enqueued_ms", enq]
                         commands.append(broker.enqueue_many_command(
-                            queue, [keys.result(ns, m.id) for m, _ in run], record, ttl,
+                            queue, [keys.result(ns, m.id) for m, _ in run],
+                            _new_record(task, queue, enq, None), ttl,
                             [m.encode() for m, _ in run]))
                         self._note_queue(commands, queue)
                     else:
@@ -169,16 +168,12 @@ class StreamQ:
 
     def _enqueue(self, out: list[bytes], message: Message, due: int | None, enq: int,
                  ns: str, ttl: int) -> None:
-        record: list[Any] = ["status", results.SCHEDULED if due else results.PENDING,
-                             "task", message.task, "queue", message.queue, "retries", 0,
-                             "enqueued_ms", enq]
         # Keep a scheduled record alive at least until it is due.
-        wait_s = 0
-        if due:
-            record += ["eta_ms", due]
-            wait_s = max(0, (due - enq) // 1000)
-        self.broker.enqueue_commands(out, keys.result(ns, message.id), record, ttl + wait_s,
-                                     message.queue, message.id, message.encode(), due)
+        wait_s = max(0, (due - enq) // 1000) if due else 0
+        self.broker.enqueue_commands(out, keys.result(ns, message.id),
+                                     _new_record(message.task, message.queue, enq, due),
+                                     ttl + wait_s, message.queue, message.id,
+                                     message.encode(), due)
         self._note_queue(out, message.queue)
 
     def _note_queue(self, out: list[bytes], queue: str) -> None:
@@ -199,6 +194,16 @@ class StreamQ:
                             check_queue_name(queue) if queue else self.settings.default_queue,
                             args, dict(kwargs or {}), due)
         return self.send([(msg, due)])[0]
+
+
+def _new_record(task: str, queue: str, enqueued_ms: int, due_ms: int | None) -> list[Any]:
+    """The field/value pairs of a task's record as enqueued."""
+    record: list[Any] = ["status", results.SCHEDULED if due_ms else results.PENDING,
+                         "task", task, "queue", queue, "retries", 0,
+                         "enqueued_ms", enqueued_ms]
+    if due_ms:
+        record += ["eta_ms", due_ms]
+    return record
 
 
 _default_app: StreamQ | None = None

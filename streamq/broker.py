@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -200,12 +200,7 @@ class Broker:
         that met NOSCRIPT are sent again after a reload, and the first other error is
         raised after every command has run."""
         with self._connection(client or self.client) as conn:
-            try:
-                replies = conn.retry.call_with_retry(
-                    lambda: _send_read(conn, packed.commands), lambda _error: conn.disconnect())
-            except BaseException:
-                conn.disconnect()  # replies may be left unread on it
-                raise
+            replies = _with_retry(conn, lambda: _send_read(conn, packed.commands))
         missing = [i for i, r in enumerate(replies)
                    if isinstance(r, redis.exceptions.NoScriptError)]
         if missing:
@@ -418,6 +413,17 @@ class Broker:
         return sorted(_s(q) for q in self.client.smembers(keys.queues(self.ns)))
 
 
+def _with_retry(conn: Any, exchange: Callable[[], Any]) -> Any:
+    """``exchange()`` on ``conn``, retried after a lost connection as redis-py retries
+    any command; on any other failure the connection is dropped, since replies may be
+    left unread on it."""
+    try:
+        return conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect())
+    except BaseException:
+        conn.disconnect()
+        raise
+
+
 def _send_read(conn: Any, commands: list[bytes]) -> list[Any]:
     conn.send_packed_command([b"".join(commands)], check_health=False)
     replies: list[Any] = []
@@ -441,12 +447,7 @@ class _CommandStream:
         self.noscript: list[bytes] = []  # commands to send again once scripts are loaded
 
     def run(self, conn: Any) -> None:
-        try:
-            conn.retry.call_with_retry(lambda: self._run(conn),
-                                       lambda _error: conn.disconnect())
-        except BaseException:
-            conn.disconnect()  # replies may be left unread on it
-            raise
+        _with_retry(conn, lambda: self._run(conn))
 
     def _run(self, conn: Any) -> None:
         if self.unanswered:  # a reconnect: send again what got no answer
