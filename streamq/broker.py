@@ -88,6 +88,7 @@ class Broker:
         self._client: redis.Redis | None = None
         self._blocking: redis.Redis | None = None
         self._known_queues: set[str] = set()
+        self._scripts_loaded = False
         self._own: dict[int, Any] = {}  # see _connection()
         self._own_pid = os.getpid()
         self._own_lock = threading.Lock()
@@ -223,6 +224,15 @@ class Broker:
         for name in _SCRIPT_NAMES:
             pipe.script_load(_LUA[name])
         pipe.execute()
+        self._scripts_loaded = True
+
+    def ensure_scripts(self) -> None:
+        """Load the scripts once per broker, for a caller that cannot afford a NOSCRIPT:
+        one whose script shares a round trip with a blocking read that depends on it
+        (a server that loses its scripts later costs that caller one wait slice)."""
+        if not self._scripts_loaded:
+            with self.errors():
+                self._load_scripts()
 
     # -- producing --------------------------------------------------------------
     # delay() writes the record (HSET, EXPIRE) then the message (XADD; delayed: HSET +

@@ -226,6 +226,9 @@ class AsyncResult:
     def _mark_and_wait(self, seconds: float) -> tuple[str | None, bytes | None]:
         """``_mark`` and ``_wait_done`` in one round trip."""
         broker, ns = self.app.broker, self.app.settings.namespace
+        # A NOSCRIPT here would leave the record unmarked while the BLMOVE after it
+        # blocks a whole slice: the task's completion would never be pushed to it.
+        broker.ensure_scripts()
         done = keys.done(ns, self.id)
         packed = Packed()
         broker.evalsha(packed, "wait", [self._key, done], [self._done_ttl])

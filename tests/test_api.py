@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -304,6 +305,29 @@ def test_get_waits_for_a_result_finished_later(app: StreamQ) -> None:
     finally:
         proc.wait(20)
     assert "waiting" not in res.info  # the waiter's mark is not part of the record
+
+
+def test_get_wakes_on_completion_on_a_server_without_scripts(app: StreamQ,
+                                                             rclient: redis.Redis) -> None:
+    """The first get() against a server that has no scripts loaded (a new or restarted
+    one) must still be woken by the completion, not by the end of its wait slice."""
+    rclient.script_flush()
+    res = tasks.add.delay(1, 2)
+    code = (
+        "import time, sys; sys.path.insert(0, '.');"
+        "from tests import tasks; from tests.test_api import drain;"
+        f"tasks.app.configure(url={app.settings.url!r}, namespace={app.settings.namespace!r});"
+        "time.sleep(0.5); drain(tasks.app)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        t0 = time.monotonic()
+        assert res.get(timeout=20) == 3
+        waited = time.monotonic() - t0
+    finally:
+        proc.wait(20)
+    slice_s = res._max_block_s
+    assert waited < slice_s - 0.5, f"woke after {waited:.2f}s: by the slice, not the task"
 
 
 def test_only_waited_tasks_get_a_completion_list(app: StreamQ, rclient: redis.Redis) -> None:
