@@ -288,16 +288,21 @@ def test_failure_propagates_remote_error(app: StreamQ) -> None:
     assert isinstance(returned, TaskFailed)
 
 
-def test_get_waits_for_a_result_finished_later(app: StreamQ) -> None:
-    """get() blocks and wakes on completion by another process."""
-    res = tasks.add.delay(20, 22)
+def _drain_later(app: StreamQ) -> subprocess.Popen[bytes]:
+    """Another process that drains ``app``'s default queue after 0.5 s."""
     code = (
         "import time, sys; sys.path.insert(0, '.');"
         "from tests import tasks; from tests.test_api import drain;"
         f"tasks.app.configure(url={app.settings.url!r}, namespace={app.settings.namespace!r});"
         "time.sleep(0.5); drain(tasks.app)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+
+
+def test_get_waits_for_a_result_finished_later(app: StreamQ) -> None:
+    """get() blocks and wakes on completion by another process."""
+    res = tasks.add.delay(20, 22)
+    proc = _drain_later(app)
     other = app.AsyncResult(res.id)  # a second waiter, not the one that enqueued
     try:
         assert res.get(timeout=20) == 42
@@ -313,13 +318,7 @@ def test_get_wakes_on_completion_on_a_server_without_scripts(app: StreamQ,
     one) must still be woken by the completion, not by the end of its wait slice."""
     rclient.script_flush()
     res = tasks.add.delay(1, 2)
-    code = (
-        "import time, sys; sys.path.insert(0, '.');"
-        "from tests import tasks; from tests.test_api import drain;"
-        f"tasks.app.configure(url={app.settings.url!r}, namespace={app.settings.namespace!r});"
-        "time.sleep(0.5); drain(tasks.app)"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    proc = _drain_later(app)
     try:
         t0 = time.monotonic()
         assert res.get(timeout=20) == 3
