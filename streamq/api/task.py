@@ -1,0 +1,216 @@
+"""``Task``: a decorated function that runs locally when called and enqueues with
+``delay``/``apply_async``/``map``. Task arguments and enqueue options never share
+a namespace: ``delay`` takes only the task's arguments.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
+
+from ..base.ids import new_task_id
+from ..base.settings import check_queue_name
+from ..data import serialization
+from ..data.message import Message, now_ms
+
+if TYPE_CHECKING:
+    from .app import StreamQ
+    from .result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Per-task policy; durations in seconds."""
+
+    name: str
+    queue: str
+    max_retries: int = 0
+    retry_backoff: float = 1.0
+    """Base of the exponential backoff, in seconds (full jitter)."""
+    retry_backoff_max: float = 600.0
+    autoretry_for: tuple[type[BaseException], ...] = (Exception,)
+    timeout: float | None = None
+    """Hard limit in seconds: the process running the task is killed and replaced."""
+    max_deliveries: int = 5
+    """Deliveries without an acknowledgement before the message goes to dead letters."""
+
+    def __post_init__(self) -> None:
+        check_queue_name(self.queue)
+        for label, value, low in (("max_retries", self.max_retries, 0),
+                                  ("max_deliveries", self.max_deliveries, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be positive seconds, got {self.timeout!r}")
+        if self.retry_backoff < 0 or self.retry_backoff_max < 0:
+            raise ValueError("retry_backoff and retry_backoff_max must be >= 0 seconds")
+
+
+class TaskContext(NamedTuple):
+    """What ``current_task()`` returns inside a running task (built once per run)."""
+
+    id: str
+    name: str
+    queue: str
+    retries: int
+    deliveries: int
+
+
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "streamq_current_task", default=None)
+
+
+def current_task() -> TaskContext | None:
+    """The running task's id, name, queue, retries and delivery count (None outside one)."""
+    return _current.get()
+
+
+class running_as:  # noqa: N801 - a context manager used like a function
+    """Makes ``ctx`` the ``current_task()`` of the code inside (in this thread or
+    coroutine: a context variable)."""
+
+    __slots__ = ("ctx", "token")
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+
+    def __enter__(self) -> TaskContext:
+        self.token = _current.set(self.ctx)
+        return self.ctx
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self.token)
+
+
+def due_ms_from(countdown: float | None, eta: datetime | None) -> int | None:
+    """Absolute due time in ms, or None to run now. ``eta`` must be timezone-aware."""
+    if countdown is not None and eta is not None:
+        raise ValueError("pass countdown or eta, not both")
+    if eta is not None:
+        if not isinstance(eta, datetime):
+            raise TypeError(f"eta must be a datetime, got {type(eta).__name__}")
+        if eta.tzinfo is None or eta.tzinfo.utcoffset(eta) is None:
+            raise ValueError(
+                "eta must be timezone-aware (e.g. datetime.now(timezone.utc) + timedelta(...)); "
+                "a naive datetime is ambiguous"
+            )
+        return int(eta.timestamp() * 1000)
+    if countdown is not None:
+        if not isinstance(countdown, int | float):
+            raise TypeError(f"countdown must be seconds as a number, got {countdown!r}")
+        if countdown < 0:
+            raise ValueError(f"countdown must be >= 0 seconds, got {countdown!r}")
+        if countdown > 0:
+            return now_ms() + int(countdown * 1000)
+    return None
+
+
+def build_message(serializer: str, name: str, queue: str, args: Iterable[Any],
+                  kwargs: dict[str, Any], due_ms: int | None, task_id: str | None = None
+                  ) -> Message:
+    """Serialize one call of task ``name`` into a message (no Redis involved)."""
+    ct, ce, body = serialization.dumps([list(args), kwargs], serializer, "the arguments",
+                                       name)
+    return Message(task_id or new_task_id(queue), name, queue, ct, ce, body, 0, now_ms(), due_ms)
+
+
+def _positional_arity(signature: inspect.Signature) -> tuple[int, float] | None:
+    """(required, most) positional arguments when a call with positional arguments
+    only can be checked by counting them; None when a keyword-only parameter has no
+    default (such a call is always wrong, and ``bind`` says why)."""
+    required, most = 0, 0.0
+    for p in signature.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            most += 1
+            required += p.default is p.empty
+        elif p.kind is p.VAR_POSITIONAL:
+            most = math.inf
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return None
+    return required, most
+
+
+class Task(Generic[P, R]):
+    """A registered task. Calling it runs the function here and now."""
+
+    def __init__(self, app: StreamQ, fn: Callable[P, R], options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self._signature = inspect.signature(fn)
+        self._arity = _positional_arity(self._signature)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.options.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
+        """Enqueue a call with these arguments; returns its ``AsyncResult``."""
+        return self.app.enqueue([self.prepare(args, kwargs)])[0]
+
+    def apply_async(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+    ) -> AsyncResult:
+        """Enqueue with options: ``countdown`` seconds or a timezone-aware ``eta``,
+        another ``queue``, or a chosen ``task_id``."""
+        message, due = self.prepare(tuple(args), dict(kwargs or {}), countdown=countdown,
+                                    eta=eta, queue=queue, task_id=task_id)
+        return self.app.enqueue([(message, due)])[0]
+
+    def map(self, iterable: Iterable[Any]) -> list[AsyncResult]:
+        """Enqueue one call per item, in pipelined batches. A tuple item is the
+        positional arguments; any other item is the single argument."""
+        prepared = [
+            self.prepare(item if isinstance(item, tuple) else (item,), {})
+            for item in iterable
+        ]
+        return self.app.enqueue(prepared)
+
+    def prepare(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+    ) -> tuple[Message, int | None]:
+        """Check and serialize a call; nothing reaches Redis here."""
+        arity = self._arity
+        # Counting positional arguments is enough when that is all there is; binding
+        # the signature costs more than the rest of an enqueue together.
+        if kwargs or arity is None or not arity[0] <= len(args) <= arity[1]:
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{self.name}(): {exc}") from None
+        if task_id is not None and (not isinstance(task_id, str) or not task_id or any(
+                c in task_id for c in "{} \n\r\t")):
+            raise ValueError(f"task_id must be a non-empty string without spaces or braces, "
+                             f"got {task_id!r}")
+        due = None if countdown is None and eta is None else due_ms_from(countdown, eta)
+        message = build_message(self.app.settings.serializer, self.name,
+                                check_queue_name(queue) if queue else self.options.queue,
+                                args, kwargs, due, task_id)
+        return message, due

@@ -1,0 +1,146 @@
+"""Settings: one frozen dataclass, read from the environment in exactly one place.
+
+Durations carry their unit in the name: ``_ms`` for values handed to Redis,
+``_s`` elsewhere. The public, Celery-style ``result_ttl`` is in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import ConfigurationError
+
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+_PASSWORD = re.compile(r"^([a-z+]+://[^:/?#@]*):(.*)@(?=[^@]*$)", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"(password=)[^&]*")
+
+
+def mask_url(url: str | None) -> str:
+    """The URL with any password replaced by ``***`` (for logs, errors and reprs).
+
+    Masked before the URL is parsed: a generated password may hold ``/``, ``#`` or
+    ``?``, which a URL parser takes for the start of the path."""
+    if not url:
+        return "<embedded>"
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1:***@", url, count=1))
+
+
+def validate_url(url: str) -> str:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"invalid server URL {mask_url(url)!r}: expected redis://, rediss:// or unix://"
+        )
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an app, a producer and a worker need to agree on."""
+
+    url: str | None = None
+    """Server URL (``STREAMQ_URL``); None means the embedded server of the project."""
+    namespace: str = "streamq"
+    """Prefix of every key; two apps with different namespaces never meet."""
+    default_queue: str = "default"
+    serializer: str = "json"
+    """kombu serializer name for arguments and results ("json", "cloudpickle", ...)."""
+    accept: tuple[str, ...] = ()
+    """Serializers a worker accepts; empty means json plus ``serializer``."""
+    result_ttl: int = 86400
+    """Seconds a task record (and its result) is kept after its last change."""
+    claim_after_s: float = 60.0
+    """A message pending this long without a heartbeat is reclaimed from a dead host."""
+    heartbeat_s: float = 5.0
+    """How often a worker refreshes its in-flight messages and its registration."""
+    block_ms: int = 1000
+    """How long one blocking XREADGROUP waits; bounds shutdown latency when idle."""
+    prefetch: int = 100
+    """Most messages one process reads at once."""
+    release_after_s: float = 0.5
+    """Prefetched messages stuck behind a task running this long are handed back."""
+    promote_interval_s: float = 0.05
+    """How often each worker process moves due delayed messages into the stream."""
+    socket_timeout_s: float = 10.0
+    """Client socket timeout; blocking reads add their BLOCK time on top."""
+    connect_timeout_s: float = 5.0
+    grace_s: float = 30.0
+    """On SIGTERM, how long in-flight tasks may run before processes are killed."""
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            validate_url(self.url)
+        if not self.namespace or any(c in self.namespace for c in "{} "):
+            raise ConfigurationError(
+                f"invalid namespace {self.namespace!r}: use letters, digits, '-', '_' or ':'"
+            )
+        check_queue_name(self.default_queue)
+        if self.result_ttl <= 0:
+            raise ConfigurationError(f"result_ttl must be positive seconds, got {self.result_ttl}")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={mask_url(self.url) if f.name == 'url' else getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.repr
+        )
+        return f"Settings({shown})"
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        return self.accept or tuple(dict.fromkeys(("json", self.serializer)))
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (not None) applied; unknown names are refused."""
+        _check_names(changes)
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``STREAMQ_*`` environment variables, with ``overrides`` (not
+        None) winning; the only place streamq reads its environment. Unknown option
+        names are a ``ConfigurationError``."""
+        env = os.environ if env is None else env
+        _check_names(overrides)
+        values: dict[str, Any] = {}
+        for name, conv in _FROM_ENV.items():
+            raw = env.get(f"STREAMQ_{name.upper()}")
+            if raw:
+                try:
+                    values[name] = conv(raw)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"STREAMQ_{name.upper()}={raw!r} is not a valid {conv.__name__}"
+                    ) from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+_FROM_ENV: dict[str, Callable[[str], Any]] = {
+    "url": str, "namespace": str, "claim_after_s": float, "grace_s": float,
+    "heartbeat_s": float, "prefetch": int,
+}
+"""Settings that ``STREAMQ_<NAME>`` sets (``STREAMQ_URL``, ``STREAMQ_NAMESPACE``, ...)."""
+
+
+def _check_names(options: Mapping[str, Any]) -> None:
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"known options: {', '.join(sorted(known))}")
+
+
+def check_queue_name(queue: str) -> str:
+    if not isinstance(queue, str) or not queue or any(c in queue for c in "{}\n\r "):
+        raise ConfigurationError(
+            f"invalid queue name {queue!r}: use a non-empty name without spaces or braces"
+        )
+    return queue

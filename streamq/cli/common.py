@@ -1,0 +1,116 @@
+"""What the command modules share: logging set-up, finding the app, the URL options,
+and the console that prints to stdout.
+
+The CLI never reads ``STREAMQ_*`` variables itself: ``Settings.from_env`` does, when
+an app is built. ``--url`` and ``--namespace`` only override what it found.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import logging.config
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..api.app import StreamQ, find_app
+from ..base.errors import ConfigurationError
+
+UNWRAPPED_WIDTH = 1_000_000
+"""The console width off a terminal: a file or a pipe gets every line whole (a
+table is only as wide as its content, so nothing is padded to this)."""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (``--log-format json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": self.formatTime(record), "level": record.levelname,
+               "logger": record.name, "process": record.processName, "pid": record.process,
+               "message": record.getMessage()}
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "plain") -> None:
+    """The only place that configures logging: one stderr handler, plain or JSON."""
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(processName)s[%(process)d] "
+                                "%(name)s: %(message)s"},
+            "json": {"()": JsonFormatter},
+        },
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": fmt,
+                                "stream": "ext://sys.stderr"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        # The start line is always shown, whatever the level.
+        "loggers": {"streamq.cli": {"level": "INFO"}},
+    })
+
+
+def stdout_console() -> Console:
+    """A console on stdout. On a terminal it wraps to the terminal's width; off one
+    (a file, ``grep``) nothing is wrapped, so tracebacks, reasons and names that a
+    reader or a program looks for stay on one line each."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = UNWRAPPED_WIDTH
+    return console
+
+
+def load_app(specs: tuple[str, ...] | list[str]) -> StreamQ:
+    """Import ``MODULE[:ATTRIBUTE]`` specs (cwd on the path) and return their app."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    candidates: list[Any] = []
+    for spec in specs:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigurationError(f"cannot import module {module_name!r}: {exc}") from None
+        if attr:
+            try:
+                candidates.append(getattr(module, attr))
+            except AttributeError:
+                raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r}") \
+                    from None
+            if not isinstance(candidates[-1], StreamQ):
+                raise ConfigurationError(f"{spec} is not a StreamQ app")
+        else:
+            candidates += [v for v in vars(module).values() if isinstance(v, StreamQ)]
+    return find_app(candidates)
+
+
+def app_from_options(url: str | None, namespace: str | None, app_spec: str | None) -> StreamQ:
+    """The app of ``--app`` (else a plain one from the environment), with ``--url``
+    and ``--namespace`` applied in one ``configure`` when they change anything."""
+    if not app_spec:
+        return StreamQ(url, namespace=namespace)
+    app = load_app([app_spec])
+    changes = {k: v for k, v in (("url", url), ("namespace", namespace))
+               if v is not None and getattr(app.settings, k) != v}
+    if changes:
+        app.configure(**changes)
+    return app
+
+
+def url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--url``, ``--app`` and ``--namespace``, for every command that talks to a server."""
+    fn = click.option("--namespace", default=None, metavar="NS",
+                      help="Key namespace (default: the app's, else $STREAMQ_NAMESPACE, "
+                           "else streamq).")(fn)
+    fn = click.option("--app", "app_spec", default=None, metavar="MODULE[:ATTR]",
+                      help="Import this module for its app and tasks.")(fn)
+    return click.option("--url", default=None, metavar="URL",
+                        help="redis://, rediss:// or unix:// URL (default: $STREAMQ_URL, "
+                             "else the embedded server).")(fn)

@@ -1,0 +1,93 @@
+"""Deliveries and their outcomes, as values.
+
+The executor decides what happened to a delivery and returns one of these; the
+server layer's ``OutcomeWriter`` turns a batch of them into one write. An outcome
+says everything the writer needs (the record to store, the message to schedule or
+dead-letter), so it can come back from any thread or coroutine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One stream entry handed to this consumer."""
+
+    queue: str
+    entry_id: str
+    raw: bytes | None
+    """The encoded message; None when the entry was deleted while pending."""
+    deliveries: int = 1
+
+
+class Succeeded(NamedTuple):
+    """The task returned: store its result and acknowledge. The writer names the
+    fields of this, the common record, instead of the executor."""
+
+    delivery: Delivery
+    task_id: str
+    task: str
+    result: bytes | str
+    content_type: str
+    content_encoding: str
+    started_ms: int
+    runtime_s: float
+
+
+class Retried(NamedTuple):
+    """Schedule ``message`` (the next attempt) at ``due_ms`` and acknowledge this one."""
+
+    delivery: Delivery
+    task_id: str
+    task: str
+    due_ms: int
+    message: str
+    record: list[Any]
+    record_ttl_s: int
+    """The record must outlive the wait until the retry is due."""
+    countdown_s: float
+    error: str
+
+
+class Failed(NamedTuple):
+    """The task failed for good: a FAILURE record, and its message to dead letters."""
+
+    delivery: Delivery
+    task_id: str
+    task: str
+    retries: int
+    reason: str
+    record: list[Any]
+
+
+class Dead(NamedTuple):
+    """The message cannot run (rejected, undecodable, unknown task, delivered too
+    often): to dead letters with ``reason``; a DEAD record when its task id is known."""
+
+    delivery: Delivery
+    task_id: str | None
+    task: str
+    retries: int
+    reason: str
+    record: list[Any] | None
+
+
+class Released(NamedTuple):
+    """Hand the entry back unstarted, as a new entry at the stream's tail."""
+
+    delivery: Delivery
+
+
+class Gone(NamedTuple):
+    """The entry was deleted while pending (purged): only acknowledge it."""
+
+    delivery: Delivery
+
+
+Outcome = Succeeded | Retried | Failed | Dead | Released | Gone
+
+COUNTED = {Succeeded: "succeeded", Retried: "retried", Failed: "failed", Dead: "dead"}
+"""The name each counted outcome has in the per-minute stats and worker counters."""

@@ -1,0 +1,1 @@
+"""Level 2: the server. The only layer that imports redis; it knows no tasks."""

@@ -1,0 +1,203 @@
+"""The connection to one server: clients, this process's own connections, and the one
+place where redis-py's errors become streamq's.
+
+Every exchange translates its errors here (as httpx maps its transport's errors at
+one boundary): ``Client`` does it for each command and pipeline, ``Connection.run``
+and ``Connection.send`` for the packed hot path. Nothing above the server layer
+sees a redis-py exception.
+
+redis-py 8 defaults to a 5 s socket timeout, which breaks long blocking reads, so
+blocking clients get ``BLOCK + margin`` instead. Clients are created lazily in each
+process; redis-py's pool notices a fork and reconnects in the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.client
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry as _RedisRetry
+
+from ..base.errors import BrokerConnectionError, BrokerError, ConfigurationError, StreamQError
+from ..base.settings import Settings, mask_url
+
+
+def translate(exc: BaseException, url: str | None) -> StreamQError | None:
+    """The streamq error for a redis-py one (None for anything else)."""
+    if isinstance(exc, redis.AuthenticationError):
+        return BrokerConnectionError(f"authentication failed at {mask_url(url)}: {exc}")
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return BrokerConnectionError(
+            f"cannot reach the Redis server at {mask_url(url)}: {exc}; "
+            f"is it running, and is the URL right?")
+    if isinstance(exc, redis.ResponseError):
+        text = str(exc)
+        code = text.split(" ", 1)[0] if text[:1].isupper() else ""
+        if isinstance(exc, redis.exceptions.NoScriptError):
+            code = "NOSCRIPT"
+        return BrokerError(f"the server at {mask_url(url)} answered: {text}", code)
+    if isinstance(exc, redis.RedisError):
+        return BrokerError(f"error talking to the server at {mask_url(url)}: {exc}")
+    return None
+
+
+class translated:  # noqa: N801 - a context manager used like a function
+    """``with translated(url):`` raises streamq errors for redis-py ones (a class
+    rather than a generator: it wraps every enqueue, and costs a third as much)."""
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if exc is not None:
+            mapped = translate(exc, self.url)
+            if mapped is not None:
+                raise mapped from exc
+
+
+class Pipeline(redis.client.Pipeline):
+    """A redis-py pipeline whose ``execute`` raises streamq errors. With
+    ``raise_on_error=False`` the failed replies come back as ``BrokerError`` values."""
+
+    streamq_url: str | None = None
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        with translated(self.streamq_url):
+            replies = super().execute(raise_on_error)
+        if raise_on_error:
+            return replies
+        return [translate(r, self.streamq_url) if isinstance(r, redis.RedisError) else r
+                for r in replies]
+
+
+class Client(redis.Redis):
+    """A redis-py client whose commands and pipelines raise streamq errors."""
+
+    streamq_url: str | None = None
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        with translated(self.streamq_url):
+            return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        pipe = Pipeline(self.connection_pool, self.response_callbacks, transaction,
+                        shard_hint)
+        pipe.streamq_url = self.streamq_url
+        return pipe
+
+
+def resolve_url(settings: Settings) -> str:
+    """The URL to use: the configured one, else the embedded server of the project."""
+    if settings.url:
+        return settings.url
+    from .embedded import embedded_url
+
+    return embedded_url(Path.cwd())
+
+
+def make_client(url: str, settings: Settings, *, blocking: bool = False) -> Client:
+    timeout = settings.socket_timeout_s + (settings.block_ms / 1000.0 if blocking else 0.0)
+    try:
+        client = Client.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=settings.connect_timeout_s,
+            # A few quick retries ride out a blip; a dead server surfaces within ~2 s.
+            retry=_RedisRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 4),
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid server URL {mask_url(url)!r}: {exc}") from None
+    client.streamq_url = url
+    return client
+
+
+class Connection:
+    """One app's link to its server in one process: a client for commands, a client
+    for blocking reads, and this process's own raw connections for the hot path
+    (see ``own``). Made lazily; ``close`` drops them and the next use reconnects."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._url: str | None = None
+        self._client: Client | None = None
+        self._blocking: Client | None = None
+        self._own: dict[int, Any] = {}
+        self._own_pid = os.getpid()
+        self._own_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The server URL (starting the embedded server if none is configured)."""
+        if self._url is None:
+            self._url = resolve_url(self.settings)
+        return self._url
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self._url or self.settings.url)
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = make_client(self.url, self.settings)
+        return self._client
+
+    @property
+    def blocking_client(self) -> Client:
+        if self._blocking is None:
+            self._blocking = make_client(self.url, self.settings, blocking=True)
+        return self._blocking
+
+    def translated(self) -> translated:
+        return translated(self._url or self.settings.url)
+
+    def close(self) -> None:
+        for c in (self._client, self._blocking):
+            if c is not None:
+                c.close()
+        self._client = self._blocking = None
+        if self._own_pid == os.getpid():
+            for conn in self._own.values():
+                conn.disconnect()
+        self._own = {}
+
+    @contextlib.contextmanager
+    def own(self, blocking: bool = False) -> Iterator[Any]:
+        """A raw connection for one exchange: this process's own one when it is free,
+        because taking one from redis-py's pool (with its health and observability
+        hooks) costs more than the round trip of a delay(); one from the pool when
+        another thread holds it."""
+        client = self.blocking_client if blocking else self.client
+        if os.getpid() != self._own_pid:  # a fork: the parent's connections are not ours
+            self._own, self._own_pid, self._own_lock = {}, os.getpid(), threading.Lock()
+        if self._own_lock.acquire(blocking=False):
+            try:
+                conn = self._own.get(id(client))
+                if conn is None:
+                    pool = client.connection_pool
+                    conn = self._own[id(client)] = pool.connection_class(
+                        **pool.connection_kwargs)
+                yield conn
+            finally:
+                self._own_lock.release()
+            return
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            yield conn
+        finally:
+            pool.release(conn)

@@ -1,0 +1,103 @@
+-- Write one queue's outcomes of a batch in one step: records, moves, acknowledgements.
+-- KEYS[1] stream, KEYS[2] delayed (zset), KEYS[3] delayed messages (hash),
+-- KEYS[4] dead letters; then, for each outcome that has a task record, its record
+-- and its completion list, in the order of the outcomes.
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] worker, ARGV[4] record TTL (s),
+-- ARGV[5] completion TTL (s); then per outcome a kind and its values:
+--   'S' entry, result, ct, ce ('' = utf-8), deliveries, started_ms, runtime_ms  (success)
+--   'R' entry, task id, due ms, next message, record TTL, n, n field/value pairs (retry)
+--   'F' entry, message, reason, task, task id ('' = no record), at ms, deliveries,
+--       retries, n, n field/value pairs                                        (dead letter)
+--   'A' entry                                                    (acknowledge only)
+--   'H' entry, message                                (hand back, as a new entry)
+-- Invariants: a record is complete before its completion is pushed and before its
+-- entry is acknowledged, so a waiter that wakes finds it final and a refused write
+-- acknowledges nothing; a retry, dead letter or hand-back happens only while the
+-- entry is still this consumer's (another that reclaimed it owns its fate), and
+-- moves the message into exactly one place.
+-- Returns the number of outcomes written.
+local group, consumer, worker = ARGV[1], ARGV[2], ARGV[3]
+local ttl, done_ttl = ARGV[4], ARGV[5]
+local stream = KEYS[1]
+local acks = {}
+local k, pos, n = 5, 6, 0
+
+local function mine(entry)
+  return #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) == 1
+end
+
+local function drop(entry)
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+end
+
+local function hset(key, first, count)
+  if count > 0 then redis.call('HSET', key, unpack(ARGV, first, first + 2 * count - 1)) end
+end
+
+while pos <= #ARGV do
+  local kind = ARGV[pos]
+  if kind == 'S' then
+    local entry, result, ct, ce = ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4]
+    local rec = KEYS[k]
+    if ce == '' then
+      redis.call('HSET', rec, F.status, S.SUCCESS, F.result, result, F.result_ct, ct,
+                 F.deliveries, ARGV[pos + 5], F.started_ms, ARGV[pos + 6],
+                 F.runtime_ms, ARGV[pos + 7], F.worker, worker)
+    else
+      redis.call('HSET', rec, F.status, S.SUCCESS, F.result, result, F.result_ct, ct,
+                 F.result_ce, ce, F.deliveries, ARGV[pos + 5], F.started_ms, ARGV[pos + 6],
+                 F.runtime_ms, ARGV[pos + 7], F.worker, worker)
+    end
+    redis.call('EXPIRE', rec, ttl)
+    complete(rec, KEYS[k + 1], completion(S.SUCCESS, result, ct, ce ~= '' and ce or nil),
+             done_ttl)
+    acks[#acks + 1] = entry
+    k, pos = k + 2, pos + 8
+  elseif kind == 'R' then
+    local entry, task_id = ARGV[pos + 1], ARGV[pos + 2]
+    local count = tonumber(ARGV[pos + 6])
+    if mine(entry) then
+      hset(KEYS[k], pos + 7, count)
+      redis.call('EXPIRE', KEYS[k], ARGV[pos + 5])
+      redis.call('HSET', KEYS[3], task_id, ARGV[pos + 4])
+      redis.call('ZADD', KEYS[2], ARGV[pos + 3], task_id)
+      drop(entry)
+    end
+    k, pos = k + 2, pos + 7 + 2 * count
+  elseif kind == 'F' then
+    local entry, task_id = ARGV[pos + 1], ARGV[pos + 5]
+    local count = tonumber(ARGV[pos + 9])
+    if mine(entry) then
+      redis.call('XADD', KEYS[4], '*', 'm', ARGV[pos + 2], 'reason', ARGV[pos + 3],
+                 'task', ARGV[pos + 4], 'id', task_id, 'at_ms', ARGV[pos + 6],
+                 'deliveries', ARGV[pos + 7], 'retries', ARGV[pos + 8])
+      if task_id ~= '' then
+        hset(KEYS[k], pos + 10, count)
+        redis.call('EXPIRE', KEYS[k], ttl)
+        complete(KEYS[k], KEYS[k + 1], 'F', done_ttl)
+      end
+      drop(entry)
+    end
+    if task_id ~= '' then k = k + 2 end
+    pos = pos + 10 + 2 * count
+  elseif kind == 'A' then
+    acks[#acks + 1] = ARGV[pos + 1]
+    pos = pos + 2
+  elseif kind == 'H' then
+    local entry = ARGV[pos + 1]
+    if mine(entry) then
+      redis.call('XADD', stream, '*', 'm', ARGV[pos + 2])
+      drop(entry)
+    end
+    pos = pos + 3
+  else
+    return redis.error_reply('ERR outcomes.lua: unknown outcome kind ' .. tostring(kind))
+  end
+  n = n + 1
+end
+if #acks > 0 then
+  redis.call('XACK', stream, group, unpack(acks))
+  redis.call('XDEL', stream, unpack(acks))
+end
+return n

@@ -1,0 +1,51 @@
+"""The worker registry: who is alive (``ns:workers``) and what each worker is
+(``ns:worker:<id>``), written by heartbeats and read by recovery and status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..base import keys
+from .broker import as_str
+from .connection import Connection
+
+DEAD_WORKER_LISTED_MS = 3600 * 1000
+"""A worker silent this long is pruned from the registry (and no longer listed)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Registry:
+    def __init__(self, connection: Connection, namespace: str) -> None:
+        self.connection = connection
+        self.ns = namespace
+
+    def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
+        now = now_ms()
+        pipe = self.connection.client.pipeline(transaction=False)
+        key = keys.worker(self.ns, worker_id)
+        pipe.hset(key, mapping=dict(info, last_heartbeat_ms=now))
+        # Kept for the hour a dead worker stays listed by `streamq status`.
+        pipe.expire(key, DEAD_WORKER_LISTED_MS // 1000)
+        pipe.zadd(keys.workers(self.ns), {worker_id: now})
+        pipe.execute()
+
+    def live(self, within_ms: int) -> set[str]:
+        """Workers that heartbeated in the last ``within_ms``."""
+        ids = self.connection.client.zrangebyscore(keys.workers(self.ns),
+                                                   now_ms() - within_ms, "+inf")
+        return {as_str(i) for i in ids}
+
+    def deregister(self, worker_id: str) -> None:
+        pipe = self.connection.client.pipeline(transaction=False)
+        pipe.zrem(keys.workers(self.ns), worker_id)
+        pipe.delete(keys.worker(self.ns, worker_id))
+        pipe.execute()
+
+    def prune(self) -> None:
+        """Forget workers that stopped heartbeating over an hour ago (crashed hosts)."""
+        self.connection.client.zremrangebyscore(keys.workers(self.ns), "-inf",
+                                                now_ms() - DEAD_WORKER_LISTED_MS)

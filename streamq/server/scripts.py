@@ -1,0 +1,26 @@
+"""The Lua scripts of ``lua/``, each loaded with the record's prelude, run by SHA.
+
+Every script opens with ``#!lua``: on Redis 7+ and Valkey a script with a shebang
+may touch only keys of one slot, so a cluster-mode server refuses any script that
+would cross slots instead of running it. The prelude (``streamq.data.record``) names
+the record's fields and states and builds its completion payload, so no script
+spells a field name of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+from ..data import record
+
+NAMES = ("outcomes", "enqueue_many", "wait", "requeue_dead", "heartbeat", "promote")
+
+
+def _source(name: str) -> str:
+    body = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
+    return f"#!lua\n{record.LUA_PRELUDE}\n{body}"
+
+
+SOURCE = {name: _source(name) for name in NAMES}
+SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SOURCE.items()}

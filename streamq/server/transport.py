@@ -1,0 +1,195 @@
+"""Sending commands: packed batches for the hot path, and scripts by SHA.
+
+``Packed`` holds commands packed by hiredis as they are queued (redis-py's pipeline
+encodes every argument in Python, which cost the worker more than the server's
+work); ``Transport.run`` sends them in one write and reads the replies.
+``Transport.send`` streams many batches on one connection. A server that lost its
+scripts answers NOSCRIPT (nothing ran): the scripts are loaded and only those
+commands are sent again. Errors are streamq errors (``connection.translated``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+from hiredis import pack_command as _pack
+
+from ..base.errors import BrokerError
+from . import scripts
+from .connection import Connection, translate, translated
+
+EXEC = _pack(("EXEC",))
+MULTI = _pack(("MULTI",))
+
+
+def pack(*args: Any) -> bytes:
+    return _pack(args)
+
+
+class Packed:
+    """Commands packed for one write (see the module docstring)."""
+
+    __slots__ = ("commands",)
+
+    def __init__(self, commands: list[bytes] | None = None) -> None:
+        self.commands: list[bytes] = commands if commands is not None else []
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+    def command(self, *args: Any) -> None:
+        self.commands.append(_pack(args))
+
+    def script(self, name: str, keys: list[str], args: list[Any]) -> None:
+        self.commands.append(_pack(("EVALSHA", scripts.SHA[name], len(keys), *keys, *args)))
+
+
+def script_command(name: str, keys: list[str], args: list[Any]) -> bytes:
+    return _pack(("EVALSHA", scripts.SHA[name], len(keys), *keys, *args))
+
+
+class Transport:
+    """Packed exchanges and script calls over one ``Connection``."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._scripts_loaded = False
+
+    def load_scripts(self) -> None:
+        pipe = self.connection.client.pipeline(transaction=False)
+        for name in scripts.NAMES:
+            pipe.script_load(scripts.SOURCE[name])
+        pipe.execute()
+        self._scripts_loaded = True
+
+    def ensure_scripts(self) -> None:
+        """Load the scripts once, for a caller that cannot afford a NOSCRIPT: one whose
+        script shares a round trip with a blocking read that depends on it."""
+        if not self._scripts_loaded:
+            self.load_scripts()
+
+    def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one script now (loading the scripts if the server lost them)."""
+        client = self.connection.client
+        try:
+            return client.evalsha(scripts.SHA[name], len(keys), *keys, *args)
+        except BrokerError as exc:
+            if exc.code != "NOSCRIPT":
+                raise
+        self.load_scripts()
+        return client.evalsha(scripts.SHA[name], len(keys), *keys, *args)
+
+    def run(self, packed: Packed, *, blocking: bool = False) -> list[Any]:
+        """Send ``packed`` in one write and return the replies in order; the first
+        error reply (also one inside an EXEC's replies) is raised after every
+        command has run."""
+        url = self.connection.url
+        with translated(url), self.connection.own(blocking) as conn:
+            replies = _with_retry(conn, lambda: _send_read(conn, packed.commands))
+        missing = [i for i, r in enumerate(replies)
+                   if isinstance(r, redis.exceptions.NoScriptError)]
+        if missing:
+            self.load_scripts()
+            again = Packed([packed.commands[i] for i in missing])
+            for i, r in zip(missing, self.run(again, blocking=blocking), strict=True):
+                replies[i] = r
+        for r in replies:
+            if isinstance(r, Exception):
+                raise _error(r, url)
+            if type(r) is list and r and r[0].__class__ is not list:  # an EXEC's replies
+                for item in r:
+                    if isinstance(item, Exception):
+                        raise _error(item, url)
+        return replies
+
+    def send(self, batches: Iterable[list[bytes]]) -> None:
+        """Send batches of packed commands on one connection, in order.
+
+        Batches are packed lazily and streamed: the next is packed and sent while
+        the server runs the one before, with at most two unanswered. The first error
+        reply is raised once every reply has been read. A lost connection is retried
+        as redis-py retries any command: what got no answer is sent again, so (as for
+        any command) a batch whose reply was lost after the server ran it runs twice."""
+        url = self.connection.url
+        stream = _CommandStream(batches)
+        with translated(url):
+            with self.connection.own() as conn:
+                stream.run(conn)
+            if stream.noscript:
+                self.load_scripts()
+                again = _CommandStream([stream.noscript])
+                with self.connection.own() as conn:
+                    again.run(conn)
+                stream.error = stream.error or again.error
+        if stream.error is not None:
+            raise _error(stream.error, url)
+
+
+def _error(reply: Exception, url: str) -> Exception:
+    return translate(reply, url) or reply
+
+
+def _with_retry(conn: Any, exchange: Callable[[], Any]) -> Any:
+    """``exchange()`` on ``conn``, retried after a lost connection as redis-py retries
+    any command; on any other failure the connection is dropped, since replies may be
+    left unread on it."""
+    try:
+        return conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect())
+    except BaseException:
+        conn.disconnect()
+        raise
+
+
+def _send_read(conn: Any, commands: list[bytes]) -> list[Any]:
+    conn.send_packed_command([b"".join(commands)], check_health=False)
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+class _CommandStream:
+    """The send/read loop of ``Transport.send``; resumable after a reconnect."""
+
+    __slots__ = ("source", "unanswered", "error", "noscript")
+
+    def __init__(self, batches: Iterable[list[bytes]]) -> None:
+        self.source = iter(batches)
+        self.unanswered: deque[list[bytes]] = deque()
+        self.error: Exception | None = None
+        self.noscript: list[bytes] = []  # commands to send again once scripts are loaded
+
+    def run(self, conn: Any) -> None:
+        _with_retry(conn, lambda: self._run(conn))
+
+    def _run(self, conn: Any) -> None:
+        if self.unanswered:  # a reconnect: send again what got no answer
+            conn.send_packed_command([b"".join(c) for c in self.unanswered],
+                                     check_health=False)
+        for commands in self.source:
+            self.unanswered.append(commands)  # first: a failed send is sent again
+            conn.send_packed_command([b"".join(commands)], check_health=False)
+            if len(self.unanswered) > 1:
+                self._read(conn)
+        while self.unanswered:
+            self._read(conn)
+
+    def _read(self, conn: Any) -> None:
+        for command in self.unanswered[0]:
+            try:
+                reply = conn.read_response()
+            except redis.exceptions.NoScriptError:
+                self.noscript.append(command)
+            except redis.ResponseError as exc:
+                self.error = self.error or exc
+            else:
+                if command is EXEC and reply:  # errors of a transaction's commands
+                    self.error = self.error or next(
+                        (r for r in reply if isinstance(r, Exception)), None)
+        self.unanswered.popleft()

@@ -1,0 +1,93 @@
+"""The outcome writer: a batch of outcome values becomes one write.
+
+Per queue, one ``outcomes.lua`` call stores the records, moves retries to the delayed
+set and failures to dead letters, hands entries back and acknowledges the rest; the
+per-minute stats and the worker's counters follow as HINCRBYs. The caller sends the
+result with ``Transport.run`` or lets the next read ride on it (``Broker.read``):
+one round trip per batch. Every write in it is idempotent or guarded by an ownership
+check, so a batch whose write failed can be written again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..base import keys
+from ..base.settings import Settings
+from ..data import record
+from ..data.outcome import (COUNTED, Dead, Failed, Gone, Outcome, Released, Retried,
+                            Succeeded)
+from .transport import Packed
+
+STATS_TTL_S = 3600
+
+
+class OutcomeWriter:
+    """Packs outcomes for one consumer (``worker``: the name stored in records)."""
+
+    def __init__(self, settings: Settings, consumer: str, worker_key: str | None = None
+                 ) -> None:
+        self.ns = settings.namespace
+        self.ttl_s = settings.result_ttl
+        self.done_ttl_s = min(settings.result_ttl, record.DONE_TTL_S)
+        self.consumer = consumer
+        self.worker_key = worker_key
+
+    def pack(self, outcomes: Iterable[Outcome], pipe: Packed | None = None) -> Packed:
+        """Queue the write of ``outcomes`` on ``pipe`` (a new one by default)."""
+        pipe = pipe if pipe is not None else Packed()
+        by_queue: dict[str, list[Outcome]] = {}
+        for o in outcomes:
+            by_queue.setdefault(o.delivery.queue, []).append(o)
+        counts: dict[tuple[str, str], int] = {}
+        for queue, items in by_queue.items():
+            self._pack_queue(pipe, queue, items, counts)
+        if counts:
+            minute = int(time.time() // 60)
+            for (queue, name), n in counts.items():
+                stats_key = keys.stats(self.ns, queue, minute)
+                pipe.command("HINCRBY", stats_key, name, n)
+                pipe.command("EXPIRE", stats_key, STATS_TTL_S)
+                if self.worker_key:
+                    pipe.command("HINCRBY", self.worker_key, name, n)
+        return pipe
+
+    def _pack_queue(self, pipe: Packed, queue: str, items: list[Outcome],
+                    counts: dict[tuple[str, str], int]) -> None:
+        ns = self.ns
+        keys_ = [keys.stream(ns, queue), keys.delayed(ns, queue),
+                 keys.delayed_messages(ns, queue), keys.dead(ns, queue)]
+        args: list[Any] = [keys.GROUP, self.consumer, self.consumer, self.ttl_s,
+                           self.done_ttl_s]
+        now = int(time.time() * 1000)
+        for o in items:
+            d = o.delivery
+            name = COUNTED.get(type(o))
+            if name is not None:
+                counts[queue, name] = counts.get((queue, name), 0) + 1
+            if isinstance(o, Succeeded):
+                keys_ += (keys.record(ns, queue, o.task_id), keys.done(ns, queue, o.task_id))
+                args += ("S", d.entry_id, o.result, o.content_type,
+                         "" if o.content_encoding == "utf-8" else o.content_encoding,
+                         d.deliveries, o.started_ms, int(o.runtime_s * 1000))
+            elif isinstance(o, Retried):
+                keys_ += (keys.record(ns, queue, o.task_id), keys.done(ns, queue, o.task_id))
+                args += ("R", d.entry_id, o.task_id, o.due_ms, o.message, o.record_ttl_s,
+                         len(o.record) // 2, *o.record)
+            elif isinstance(o, Failed | Dead):
+                task_id = o.task_id or ""
+                rec = o.record if task_id and o.record else []
+                if task_id:
+                    keys_ += (keys.record(ns, queue, task_id), keys.done(ns, queue, task_id))
+                args += ("F", d.entry_id, d.raw or b"", o.reason, o.task, task_id, now,
+                         d.deliveries, o.retries, len(rec) // 2, *rec)
+            elif isinstance(o, Released):
+                if d.raw is None:
+                    args += ("A", d.entry_id)
+                else:
+                    args += ("H", d.entry_id, d.raw)
+            elif isinstance(o, Gone):
+                args += ("A", d.entry_id)
+        pipe.script("outcomes", keys_, args)

@@ -1,0 +1,1 @@
+"""Level 4: running tasks: executor, consumer, housekeeping, supervisor, metrics, logs."""

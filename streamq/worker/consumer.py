@@ -1,0 +1,296 @@
+"""One worker process's loop: read a batch, run it, write the outcomes in one round trip.
+
+The consumer buffers deliveries and outcomes and batches their writes, nothing else:
+the executor decides each outcome, the ``OutcomeWriter`` turns a batch of them into
+one write, which rides with the next read (``Broker.read``). A housekeeping thread
+(``housekeeping.py``) keeps held entries alive and hands back prefetched ones; shared
+state is guarded by one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..api.hooks import TaskEvent
+from ..base import keys
+from ..base.errors import BrokerConnectionError
+from ..base.ids import worker_of
+from ..data.outcome import (COUNTED, Dead, Delivery, Failed, Outcome, Released, Retried,
+                            Succeeded)
+from ..server.recovery import Recovery
+from ..server.transport import Packed
+from ..server.writer import OutcomeWriter
+from .executor import Call, Executor
+
+if TYPE_CHECKING:
+    from ..api.app import StreamQ
+    from .housekeeping import Housekeeping
+    from .limits import LimitSlot
+
+log = logging.getLogger(__name__)
+
+# Outcomes that force a flush before the batch's read: above the default prefetch, so
+# a batch is normally written with the next read, in one round trip; only a larger
+# --prefetch flushes mid-batch, to bound what is held.
+_FLUSH_SIZE = 200
+
+
+class Running(NamedTuple):
+    """The task this process is running now."""
+
+    delivery: Delivery
+    task_id: str
+    since: float
+
+
+class Consumer:
+    """Reads from ``queues`` as consumer ``name`` and runs what it reads."""
+
+    def __init__(self, app: StreamQ, queues: list[str], name: str, *, worker_id: str = "",
+                 prefetch: int | None = None, block_ms: int | None = None,
+                 limits: LimitSlot | None = None,
+                 timed_out: tuple[str, str, float] | None = None,
+                 worker_info: dict[str, Any] | None = None) -> None:
+        self.app = app
+        self.settings = settings = app.settings
+        link = app.server
+        self.link = link
+        self.broker = link.broker
+        self.queues = list(queues)
+        self.name = name
+        self.worker_id = worker_id or worker_of(name)
+        self.prefetch = prefetch or settings.prefetch
+        self.block_ms = settings.block_ms if block_ms is None else block_ms
+        self.hooks = app.hooks
+        self.executor = Executor(app.registry, app.accept_content_types, settings.serializer,
+                                 name, settings.result_ttl)
+        self.worker_info = worker_info
+        self.worker_key = keys.worker(settings.namespace, self.worker_id) \
+            if worker_info is not None else None
+        self.writer = OutcomeWriter(settings, name, self.worker_key)
+        self.recovery = Recovery(link.transport, link.broker, settings, name, self.prefetch)
+        self.limits = limits
+        self.timed_out = timed_out
+        self.stopping = False
+        self.lock = threading.Lock()
+        self.buffer: deque[Delivery] = deque()
+        self.outcomes: list[Outcome] = []
+        """Decided, not yet written: their entries are still pending and ours."""
+        self.outcomes_since = 0.0
+        self.current: Delivery | None = None
+        """Taken from the buffer and not finished (prepared, running or deciding)."""
+        self.current_since = 0.0
+        self.running: Running | None = None
+        self._housekeeping: Housekeeping | None = None
+        self._next_reclaim = 0.0
+        self.processed = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self, *, housekeeping: bool = True) -> None:
+        """Create groups, take back this consumer's own pending entries, start threads."""
+        for q in self.queues:
+            self.broker.ensure_group(q)
+        for q in self.queues:
+            got = self.recovery.guarded(q, self.recovery.own)
+            if got:
+                log.info("Recovered %d pending message(s) of consumer %s on queue %s.",
+                         len(got), self.name, q)
+                self.add(got)
+        if housekeeping:
+            from .housekeeping import Housekeeping
+
+            self._housekeeping = Housekeeping(self)
+            self._housekeeping.start()
+
+    def run(self) -> None:
+        """Run until ``stopping``; rides out server outages with capped backoff."""
+        delay = 0.1
+        halt = threading.Event()
+        while not self.stopping:
+            try:
+                if self._housekeeping is None:
+                    self.start()
+                self.run_once()
+                delay = 0.1
+            except BrokerConnectionError as exc:
+                log.warning("Server unavailable (%s); retrying in %.1fs.", exc, delay)
+                halt.wait(delay)
+                delay = min(delay * 2, 5.0)
+        self.stop()
+
+    def stop(self) -> None:
+        """Write outcomes, hand back unstarted entries, stop the thread."""
+        self.stopping = True
+        if self._housekeeping is not None:
+            self._housekeeping.stop()
+            self._housekeeping = None
+        with self.lock:
+            unstarted = [Released(d) for d in self.buffer]
+            self.buffer.clear()
+        try:
+            self.flush(unstarted)
+        except Exception as exc:
+            log.warning("Could not write the last outcomes (their messages stay pending and "
+                        "will be re-delivered): %s", exc)
+
+    # -- the loop --------------------------------------------------------------------
+    def run_once(self, now: float | None = None) -> int:
+        """One iteration: fetch if nothing is buffered, then run what is buffered."""
+        now = time.monotonic() if now is None else now
+        if not self.buffer and now >= self._next_reclaim:
+            self._next_reclaim = now + max(1.0, self.settings.heartbeat_s)
+            self._reclaim()
+        if not self.buffer:
+            self.add(self._flush_and_read())
+        done = 0
+        while not self.stopping:
+            with self.lock:
+                if not self.buffer:
+                    break
+                d = self.buffer.popleft()
+                self.current, self.current_since = d, time.monotonic()
+            timed_out = None
+            if self.timed_out and (d.queue, d.entry_id) == self.timed_out[:2]:
+                timed_out, self.timed_out = self.timed_out[2], None
+            prepared = self.executor.prepare(d, timed_out=timed_out)
+            if isinstance(prepared, Call):
+                outcome = self._run(prepared)
+            else:
+                outcome = prepared
+                self._emit(outcome, None)
+            with self.lock:
+                self.current = None
+                if not self.outcomes:
+                    self.outcomes_since = time.monotonic()
+                self.outcomes.append(outcome)
+                full = len(self.outcomes) >= _FLUSH_SIZE
+            done += 1
+            if full:
+                self.flush()
+        # Outcomes still held here ride with the next read (_flush_and_read): one round
+        # trip per batch; a long task's are flushed by the housekeeping thread.
+        self.processed += done
+        return done
+
+    def add(self, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            with self.lock:
+                self.buffer.extend(deliveries)
+
+    def _run(self, call: Call) -> Outcome:
+        d, msg = call.delivery, call.message
+        if self.hooks.wants("started"):
+            self.hooks.emit("started", TaskEvent(msg.id, msg.task, msg.queue, msg.retries + 1,
+                                                 d.deliveries))
+        with self.lock:
+            self.running = Running(d, msg.id, self.current_since)
+        if self.limits is not None:
+            self.limits.begin(d.queue, d.entry_id, call.task.options.timeout)
+        try:
+            outcome = self.executor.run(call)
+        finally:
+            # Before the outcome is held: whoever watches the running task (time limit,
+            # STARTED marker) must see it finished first.
+            if self.limits is not None:
+                self.limits.end()
+            with self.lock:
+                self.running = None
+        self._emit(outcome, call)
+        return outcome
+
+    def _emit(self, o: Outcome, call: Call | None) -> None:
+        event = COUNTED.get(type(o))
+        if event is None or not self.hooks.wants(event):
+            return
+        d = o.delivery
+        attempt = (call.message.retries if call else getattr(o, "retries", 0)) + 1
+        queue = call.message.queue if call else d.queue
+        task_id = getattr(o, "task_id", None)
+        if isinstance(o, Succeeded):
+            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, o.runtime_s)
+        elif isinstance(o, Retried):
+            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, error=o.error,
+                             countdown_s=o.countdown_s)
+        elif isinstance(o, Failed | Dead):
+            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries,
+                             error=o.reason.split("\n", 1)[0])
+        else:
+            return
+        self.hooks.emit(event, data)
+
+    # -- writing ---------------------------------------------------------------------
+    def take_outcomes(self) -> list[Outcome]:
+        with self.lock:
+            taken, self.outcomes = self.outcomes, []
+        return taken
+
+    def restore_outcomes(self, outcomes: list[Outcome]) -> None:
+        """Put back outcomes whose write failed, to write them again: every write in a
+        batch is idempotent or guarded by an ownership check in its script."""
+        with self.lock:
+            self.outcomes[:0] = outcomes
+
+    def _flush_and_read(self) -> list[Delivery]:
+        """Write held outcomes and read the next batch in one round trip.
+
+        The read blocks (returning at once when entries are waiting), and the writes
+        before it in the same pipeline take effect before it blocks."""
+        outcomes = self.take_outcomes()
+        pipe = self.writer.pack(outcomes) if outcomes else Packed()
+        try:
+            return self.broker.read(self.name, self.queues, self.prefetch, self.block_ms,
+                                    pipe=pipe)
+        except Exception:
+            self.restore_outcomes(outcomes)
+            raise
+
+    def flush(self, extra: list[Outcome] | None = None) -> None:
+        """Write held outcomes (and ``extra``) now, in one round trip."""
+        outcomes = self.take_outcomes() + (extra or [])
+        if not outcomes:
+            return
+        try:
+            self.link.transport.run(self.writer.pack(outcomes))
+        except Exception:
+            self.restore_outcomes(outcomes)
+            raise
+
+    def held(self) -> dict[str, list[str]]:
+        """Entry ids this process holds, by queue: buffered, running, decided."""
+        with self.lock:
+            items = [o.delivery for o in self.outcomes]
+            if self.current is not None:
+                items.append(self.current)
+            items += self.buffer
+        out: dict[str, list[str]] = {}
+        for d in items:
+            out.setdefault(d.queue, []).append(d.entry_id)
+        return out
+
+    # -- recovery --------------------------------------------------------------------
+    def _reclaim(self) -> None:
+        """Take over entries nobody is working on (see ``streamq.server.recovery``):
+        our own orphans once they missed two heartbeats, those of workers known dead
+        after three, and anything idle longer than ``claim_after_s``."""
+        hb_ms = int(self.settings.heartbeat_s * 1000)
+        rec = self.recovery
+        live = self.link.registry.live(3 * hb_ms) | {self.worker_id}
+        held = self.held()
+        for q in self.queues:
+            got = rec.guarded(q, rec.orphans, set(held.get(q, ())), 2 * hb_ms)
+            got += rec.guarded(q, rec.of_dead_workers, live, 3 * hb_ms)
+            got += rec.guarded(q, rec.autoclaim, int(self.settings.claim_after_s * 1000))
+            if got:
+                log.warning("Reclaimed %d message(s) on queue %s from dead consumers.",
+                            len(got), q)
+                self.add(got)
+
+    def drop(self, queue: str, lost: set[str]) -> None:
+        """Forget buffered entries another worker reclaimed: it owns them now."""
+        with self.lock:
+            self.buffer = deque(d for d in self.buffer
+                                if not (d.queue == queue and d.entry_id in lost))

@@ -1,0 +1,257 @@
+"""The worker's supervisor: spawns, replaces, time-limits and shuts down processes.
+
+Nothing else: reading, running and acknowledging live in the processes. A
+replacement process takes the same consumer name as the one it replaces, so it
+starts by re-claiming exactly the entries the dead one held (counted as one more
+delivery each) instead of waiting for a visibility timeout. Signal handlers only
+set flags; the loop acts on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..base.ids import new_worker_id
+from ..data.message import now_ms
+from . import metrics
+from .limits import LimitSlot
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from ..api.app import StreamQ
+
+log = logging.getLogger(__name__)
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_CRASH_WINDOW_S = 2.0
+
+
+@dataclass
+class _Slot:
+    index: int
+    consumer: str
+    limits: LimitSlot
+    process: BaseProcess | None = None
+    started_at: float = 0.0
+    crashes: int = 0
+    respawn_at: float = 0.0
+    timed_out: tuple[str, str, float] | None = None
+
+
+class Supervisor:
+    def __init__(self, app: StreamQ, queues: list[str], concurrency: int, *,
+                 prefetch: int | None = None, grace_s: float | None = None,
+                 reload_dirs: list[str] | None = None) -> None:
+        self.app = app
+        self.queues = queues
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.grace_s = app.settings.grace_s if grace_s is None else grace_s
+        self.worker = new_worker_id()
+        self.worker_id = str(self.worker)
+        self._ctx = mp.get_context("fork")
+        self._slots = [self._new_slot(i) for i in range(concurrency)]
+        self._stop_requested = 0
+        self._reload_dirs = reload_dirs
+        self._reload_requested = threading.Event()
+        self.restarts = 0
+        self.started_ms = now_ms()
+
+    def _new_slot(self, i: int) -> _Slot:
+        return _Slot(i, self.worker.consumer(i), LimitSlot(self._ctx))
+
+    @property
+    def worker_info(self) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(),
+                "processes": self.concurrency, "queues": ",".join(self.queues),
+                "started_ms": self.started_ms, "heartbeat_s": self.app.settings.heartbeat_s}
+
+    # -- signals ------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._stop_requested += 1
+        if self._stop_requested == 1:
+            log.warning("Received %s: no new tasks; waiting up to %.0fs for running ones "
+                        "(send SIGINT again to stop at once).", signal.Signals(signum).name,
+                        self.grace_s)
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self._prune_registry()
+        observer = self._watch() if self._reload_dirs else None
+        for slot in self._slots:
+            self._spawn(slot)
+        try:
+            while not self._stop_requested and not self._reload_requested.is_set():
+                self.tick()
+                time.sleep(0.02)
+            code = self._shutdown()
+        finally:
+            if observer is not None:
+                observer.stop()
+                observer.join(5)
+            self._deregister()
+        if self._reload_requested.is_set() and not self._stop_requested:
+            log.warning("Python files changed; restarting the worker.")
+            os.execv(sys.executable, [sys.executable, "-m", "streamq", *sys.argv[1:]])
+        return code
+
+    def _watch(self) -> Any:
+        """Watch the task modules' directories (``--reload``); a changed .py file asks
+        for a graceful restart, which re-imports everything in a fresh process."""
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        requested = self._reload_requested
+
+        class _OnPyChange(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                paths = (str(event.src_path), str(getattr(event, "dest_path", "") or ""))
+                if event.event_type in ("modified", "created", "moved", "deleted") and \
+                        any(p.endswith(".py") for p in paths):
+                    requested.set()
+
+        observer = Observer()
+        for d in self._reload_dirs or ():
+            observer.schedule(_OnPyChange(), d, recursive=True)
+        observer.start()
+        log.info("Watching %s for changes (--reload).", ", ".join(self._reload_dirs or ()))
+        return observer
+
+    def _prune_registry(self) -> None:
+        """Forget workers that stopped heartbeating over an hour ago (crashed hosts)."""
+        try:
+            self.app.server.registry.prune()
+        except Exception as exc:
+            log.debug("Could not prune the worker registry: %s", exc)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for slot in self._slots:
+            proc = slot.process
+            if proc is not None and proc.is_alive():
+                if slot.limits.expired(now):
+                    self._kill_for_timeout(slot)
+                continue
+            if proc is not None:
+                self._reap(slot, now)
+            if slot.process is None and now >= slot.respawn_at:
+                self._spawn(slot)
+
+    def _reap(self, slot: _Slot, now: float) -> None:
+        proc = slot.process
+        assert proc is not None
+        proc.join(0)
+        code = proc.exitcode
+        slot.process = None
+        if os.environ.get(metrics.ENV):
+            metrics.mark_process_dead(proc.pid)
+        if slot.timed_out is None:
+            log.error("Worker process %d (consumer %s) died with exit code %s; replacing it "
+                      "and re-delivering its messages.", proc.pid, slot.consumer, code)
+        self.restarts += 1
+        if now - slot.started_at < _CRASH_WINDOW_S and slot.timed_out is None:
+            slot.crashes += 1
+            backoff = min(10.0, 0.1 * 2 ** slot.crashes)
+            slot.respawn_at = now + backoff
+        else:
+            slot.crashes = 0
+            slot.respawn_at = now
+
+    def _kill_for_timeout(self, slot: _Slot) -> None:
+        assert slot.process is not None
+        queue, entry_id, timeout = slot.limits.entry()
+        log.error("Task in message %s (queue %s) exceeded its time limit of %gs; killing "
+                  "process %d.", entry_id, queue, timeout, slot.process.pid)
+        slot.timed_out = (queue, entry_id, timeout)
+        slot.limits.end()
+        os.kill(slot.process.pid, signal.SIGKILL)
+        slot.process.join(5)
+
+    def _spawn(self, slot: _Slot) -> None:
+        timed_out, slot.timed_out = slot.timed_out, None
+        slot.limits.end()
+        proc = self._ctx.Process(
+            target=_child_main, name=f"streamq-worker-{slot.index}",
+            args=(self.app, self.queues, slot.consumer, self.worker_id, self.prefetch,
+                  slot.limits, timed_out, self.worker_info),
+            daemon=False,
+        )
+        # Signals are blocked across the fork so one arriving before the child has
+        # installed its own handlers waits for them instead of running ours there.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        slot.process = proc
+        slot.started_at = time.monotonic()
+
+    def _shutdown(self) -> int:
+        for slot in self._slots:
+            if slot.process is not None and slot.process.is_alive():
+                os.kill(slot.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        while time.monotonic() < deadline and self._stop_requested < 2:
+            if not any(s.process is not None and s.process.is_alive() for s in self._slots):
+                break
+            time.sleep(0.02)
+        forced = False
+        for slot in self._slots:
+            if slot.process is not None and slot.process.is_alive():
+                forced = True
+                os.kill(slot.process.pid, signal.SIGKILL)
+            if slot.process is not None:
+                slot.process.join(5)
+        if forced:
+            log.warning("Killed processes still running at the end of the grace period; their "
+                        "messages stay pending and will be re-delivered.")
+        log.info("Worker %s stopped.", self.worker_id)
+        return 0
+
+    def _deregister(self) -> None:
+        try:
+            self.app.server.registry.deregister(self.worker_id)
+        except Exception as exc:  # the server may be gone; the entry expires anyway
+            log.debug("Could not deregister worker %s: %s", self.worker_id, exc)
+
+
+def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: str,
+                prefetch: int | None, limits: LimitSlot,
+                timed_out: tuple[str, str, float] | None, worker_info: dict[str, Any]) -> None:
+    from .consumer import Consumer
+    from .logs import log_hooks
+
+    app.close()  # never share the parent's sockets
+    for hook in log_hooks():
+        app.add_hook(hook)
+    if os.environ.get(metrics.ENV):
+        app.add_hook(metrics.MetricsHook())
+    # Signals are still blocked (see _spawn): build, install handlers, then unblock.
+    consumer = Consumer(app, queues, consumer_name, worker_id=worker_id, prefetch=prefetch,
+                        limits=limits, timed_out=timed_out, worker_info=worker_info)
+
+    def stop(_signum: int, _frame: Any) -> None:
+        consumer.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C reaches the whole process group; the supervisor decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    try:
+        consumer.run()
+    except Exception:
+        log.exception("Worker process %d stopped on an unexpected error.", os.getpid())
+        os._exit(1)
+    os._exit(0)
