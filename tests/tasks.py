@@ -18,11 +18,11 @@ app = StreamQ("redis://127.0.0.1:1/0")  # replaced by the fixtures / --url
 
 
 def _incr(key: str) -> int:
-    return int(app.broker.client.incr(f"{app.settings.namespace}:count:{key}"))
+    return int(app.server.connection.client.incr(f"{app.settings.namespace}:count:{key}"))
 
 
 def count_of(key: str) -> int:
-    return int(app.broker.client.get(f"{app.settings.namespace}:count:{key}") or 0)
+    return int(app.server.connection.client.get(f"{app.settings.namespace}:count:{key}") or 0)
 
 
 @app.task
@@ -66,7 +66,7 @@ def record_start(key: str) -> float:
     now = time.time() * 1000
     ctx = current_task()
     assert ctx is not None
-    app.broker.client.rpush(f"{app.settings.namespace}:starts:{key}", f"{ctx.id} {now}")
+    app.server.connection.client.rpush(f"{app.settings.namespace}:starts:{key}", f"{ctx.id} {now}")
     return now
 
 

@@ -24,9 +24,10 @@ from streamq import (
     current_task,
     task,
 )
-from streamq import keys
-from streamq.consumer import Consumer
-from streamq.errors import ConfigurationError, ResultNotFoundError, ResultTimeoutError
+from streamq.base import keys
+from streamq.base.settings import Settings
+from streamq.worker.consumer import Consumer
+from streamq.base.errors import ConfigurationError, ResultNotFoundError, ResultTimeoutError
 from tests import tasks
 from tests.conftest import ROOT
 
@@ -50,10 +51,28 @@ def test_public_names_exist() -> None:
         assert hasattr(streamq, name), name
     sig = inspect.signature(StreamQ)
     assert sig.parameters["url"].default is None
+    assert sig.parameters["options"].kind is inspect.Parameter.VAR_KEYWORD
+    # Defaults are declared once, on Settings; StreamQ() takes them from there.
     for name, default in (("namespace", "streamq"), ("default_queue", "default"),
                           ("serializer", "json"), ("result_ttl", 86400)):
-        assert sig.parameters[name].default == default
-        assert sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert getattr(Settings(), name) == default
+        assert getattr(Settings.from_env({}), name) == default
+        assert getattr(StreamQ(**{name: default}).settings, name) == default
+
+
+def test_unknown_option_names_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="unknown option.*'namspace'.*known options"):
+        StreamQ(namspace="x")
+    app = StreamQ()
+    with pytest.raises(ConfigurationError, match="unknown option.*'heartbeat'"):
+        app.configure(heartbeat=1)
+
+
+def test_streamq_reads_streamq_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defaults used to be declared twice, and StreamQ() ignored STREAMQ_NAMESPACE."""
+    monkeypatch.setenv("STREAMQ_NAMESPACE", "from-env")
+    assert StreamQ().settings.namespace == "from-env"
+    assert StreamQ(namespace="given").settings.namespace == "given"
 
 
 def test_local_call_runs_the_function_without_redis() -> None:
@@ -81,7 +100,7 @@ def test_record_and_message_are_one_round_trip_and_record_has_ttl(app: StreamQ,
                                                                    rclient: redis.Redis) -> None:
     res = tasks.echo.delay("x")
     ns = app.settings.namespace
-    ttl = rclient.ttl(keys.result(ns, res.id))
+    ttl = rclient.ttl(keys.record(ns, "default", res.id))
     assert 0 < ttl <= app.settings.result_ttl
     assert rclient.xlen(keys.stream(ns, "default")) == 1
 
@@ -335,8 +354,8 @@ def test_only_waited_tasks_get_a_completion_list(app: StreamQ, rclient: redis.Re
     with pytest.raises(ResultTimeoutError):
         waited.get(timeout=0.05)  # marks it as waited on
     drain(app)
-    assert not rclient.exists(keys.done(ns, unwaited.id))
-    assert rclient.lrange(keys.done(ns, waited.id), 0, -1) == [b"Sapplication/json\nutf-8\n4"]
+    assert not rclient.exists(keys.done(ns, "default", unwaited.id))
+    assert rclient.lrange(keys.done(ns, "default", waited.id), 0, -1) == [b"Sapplication/json\nutf-8\n4"]
     # A task that finished before anyone waited still answers at once, and so does
     # a failed one (its error is read from the record).
     assert unwaited.get(timeout=5) == 2
@@ -413,7 +432,7 @@ def test_task_options_are_stored(server: Any, namespace: str) -> None:
 
 def test_module_level_task_uses_the_default_app(server: Any, monkeypatch: pytest.MonkeyPatch,
                                                  namespace: str) -> None:
-    import streamq.app as app_module
+    import streamq.api.app as app_module
 
     monkeypatch.setenv("STREAMQ_URL", server.url)
     monkeypatch.setattr(app_module, "_default_app", None)

@@ -12,9 +12,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-import streamq.cli_bench  # noqa: F401  (registers the command)
-from streamq.bench import CEILINGS, ROWS
 from streamq.cli import cli
+from streamq.cli.benchmark import CEILINGS, ROWS
 from tests.conftest import ROOT
 from tests.servers import ServerProcess
 
@@ -70,9 +69,8 @@ def test_bench_reports_every_row_as_ratio_of_its_ceiling(valkey: ServerProcess) 
 
 def test_bench_with_unreachable_server_is_one_error_line() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "import streamq.cli_bench; from streamq.cli import main; main()",
-         "bench", "--url", "redis://127.0.0.1:1/0", "-n", "10"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [sys.executable, "-m", "streamq", "bench", "--url", "redis://127.0.0.1:1/0", "-n", "10"],
+        check=False, capture_output=True, text=True, timeout=60, cwd=ROOT,
     )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamq.embedded import (
+from streamq.server.embedded import (
     _default_socket,
     embedded_url,
     run_server_foreground,
     server_version,
     stop_embedded,
 )
-from streamq.errors import ConfigurationError, EmbeddedServerError
+from streamq.base.errors import ConfigurationError, EmbeddedServerError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ON_PROC = Path("/proc/self/cwd").exists()
@@ -173,7 +173,7 @@ def test_socket_location(project: Path) -> None:
 
 def test_separate_processes_reuse_the_server(project: Path) -> None:
     code = (
-        "import sys; from streamq.embedded import embedded_url; "
+        "import sys; from streamq.server.embedded import embedded_url; "
         "print(embedded_url())"  # the default project dir is the working directory
     )
     first = subprocess.run(
@@ -205,7 +205,7 @@ def test_concurrent_starts_launch_one_server(project: Path, tmp_path: Path) -> N
     go = tmp_path / "go"
     code = (
         "import os, sys, time, redis\n"
-        "from streamq.embedded import embedded_url\n"
+        "from streamq.server.embedded import embedded_url\n"
         "while not os.path.exists(sys.argv[1]): time.sleep(0.005)\n"
         "lines = []\n"
         "url = embedded_url(sys.argv[2], announce=lines.append)\n"
@@ -329,7 +329,7 @@ def test_a_server_that_cannot_start_raises_with_the_log(project: Path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_foreground_server(project: Path, sig: signal.Signals) -> None:
-    code = "from streamq.embedded import run_server_foreground as r; raise SystemExit(r())"
+    code = "from streamq.server.embedded import run_server_foreground as r; raise SystemExit(r())"
     proc = subprocess.Popen(
         [sys.executable, "-c", code], cwd=project, env=_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -13,8 +13,10 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamq import StreamQ, keys, metrics
-from streamq.consumer import Consumer
+from streamq import StreamQ, TaskEvent
+from streamq.base import keys
+from streamq.worker import metrics
+from streamq.worker.consumer import Consumer
 from tests import tasks
 
 
@@ -36,7 +38,7 @@ def metrics_dir() -> Iterator[str]:
 def endpoint(app: StreamQ, metrics_dir: str) -> Iterator[tuple[Any, int]]:
     """``serve`` on a free port; yields (a stand-in supervisor, port)."""
     sup = _Restarts()
-    server, thread, port = metrics.serve(app, 0, sup)  # type: ignore[arg-type]
+    server, thread, port = metrics.serve(app, 0, lambda: sup.restarts)
     try:
         yield sup, port
     finally:
@@ -62,15 +64,18 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def run_in_process(app: StreamQ, observer: Any, queues: tuple[str, ...] = ("default",)) -> None:
     """Run a consumer in this process, observed, until the queues are empty."""
-    c = Consumer(app, list(queues), "testhost:1:aaaa-0", block_ms=50)
-    c.executor.observers.append(observer)
-    c.start(housekeeping=False)
-    idle = 0
-    for _ in range(50):
-        idle = idle + 1 if c.run_once() == 0 else 0
-        if idle >= 2:
-            break
-    c.stop()
+    app.add_hook(observer)
+    try:
+        c = Consumer(app, list(queues), "testhost:1:aaaa-0", block_ms=50)
+        c.start(housekeeping=False)
+        idle = 0
+        for _ in range(50):
+            idle = idle + 1 if c.run_once() == 0 else 0
+            if idle >= 2:
+                break
+        c.stop()
+    finally:
+        app.remove_hook(observer)
 
 
 def _labels(task: str, queue: str = "default") -> tuple[tuple[str, str], ...]:
@@ -80,7 +85,7 @@ def _labels(task: str, queue: str = "default") -> tuple[tuple[str, str], ...]:
 def test_counters_and_queue_gauges(app: StreamQ, rclient: redis.Redis,
                                    endpoint: tuple[Any, int]) -> None:
     sup, port = endpoint
-    observer = metrics.task_observer()
+    observer = metrics.MetricsHook()
     ns = app.settings.namespace
     for i in range(5):
         tasks.add.delay(i, i)
@@ -130,15 +135,15 @@ def test_counters_and_queue_gauges(app: StreamQ, rclient: redis.Redis,
 
 def _child(observer: Any, n: int) -> None:
     for _ in range(n):
-        observer("default", "tests.tasks.add", "succeeded", 0.01)
+        observer.succeeded(TaskEvent("i", "tests.tasks.add", "default", runtime_s=0.01))
     os._exit(0)
 
 
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
 def test_forked_processes_are_summed(app: StreamQ, endpoint: tuple[Any, int]) -> None:
     _, port = endpoint
-    observer = metrics.task_observer()  # created before the fork, as in the supervisor
-    observer("default", "tests.tasks.add", "succeeded", 0.02)
+    observer = metrics.MetricsHook()  # created before the fork, as in the supervisor
+    observer.succeeded(TaskEvent("i", "tests.tasks.add", "default", runtime_s=0.02))
     children = [mp.get_context("fork").Process(target=_child, args=(observer, 3))
                 for _ in range(2)]
     for p in children:
@@ -155,7 +160,7 @@ def test_forked_processes_are_summed(app: StreamQ, endpoint: tuple[Any, int]) ->
 def test_a_server_error_does_not_break_the_endpoint(metrics_dir: str,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     down = StreamQ("redis://127.0.0.1:1/0", namespace="nowhere", connect_timeout_s=1.0)
-    metrics.task_observer()("default", "t", "succeeded", 0.5)
+    metrics.MetricsHook().succeeded(TaskEvent("i", "t", "default", runtime_s=0.5))
     server, thread, port = metrics.serve(down, 0)
     try:
         with caplog.at_level(logging.WARNING, logger="streamq.metrics"):
@@ -174,7 +179,7 @@ def test_observer_and_serve_need_the_directory() -> None:
     saved = os.environ.pop(metrics.ENV, None)
     try:
         with pytest.raises(RuntimeError, match="prepare_multiprocess_dir"):
-            metrics.task_observer()
+            metrics.MetricsHook()
     finally:
         if saved is not None:
             os.environ[metrics.ENV] = saved

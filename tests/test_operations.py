@@ -21,7 +21,7 @@ from tests.conftest import ROOT, wait_until
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamq", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "streamq", *args], check=False, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 

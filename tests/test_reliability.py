@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import redis
 
-from streamq import StreamQ, TaskFailed, keys
-from streamq.message import Message
+from streamq import StreamQ, TaskFailed
+from streamq.base import keys
+from streamq.data.message import Message
 from tests import tasks
 from tests.conftest import wait_until
 from tests.servers import ServerProcess
@@ -43,7 +44,7 @@ def test_sigkill_of_whole_worker_loses_nothing(app: StreamQ, start_worker: Any) 
     wait_until(lambda: sum(r.status == "SUCCESS" for r in results[:100]) >= 20, timeout=30,
                message="some tasks done")
     w1.kill_all()  # the whole host dies, with messages in flight and prefetched
-    client = app.broker.client
+    client = app.server.connection.client
     pending = client.xpending_range(_stream(app), keys.GROUP, "-", "+", 1000)
     assert pending
     # The only messages allowed to run twice: those the dead host held unacknowledged.
@@ -76,30 +77,35 @@ def test_long_task_is_never_stolen_while_its_worker_lives(app: StreamQ,
 
 
 def test_heartbeat_never_steals_back_a_reclaimed_entry(app: StreamQ) -> None:
-    broker = app.broker
+    from streamq.server.recovery import Recovery
+
+    link = app.server
+    broker = link.broker
     broker.ensure_group("default")
     tasks.add.delay(1, 2)
     got = broker.read("host-a:1:aaaa-0", ["default"], 10, None)
     assert len(got) == 1
     entry = got[0].entry_id
-    assert broker.heartbeat("default", "host-a:1:aaaa-0", [entry]) == []
-    broker.client.xclaim(_stream(app), keys.GROUP, "host-b:1:bbbb-0", 0, [entry])
-    assert broker.heartbeat("default", "host-a:1:aaaa-0", [entry]) == [entry]
-    owner = broker.client.xpending_range(_stream(app), keys.GROUP, entry, entry, 1)
+    recovery = Recovery(link.transport, broker, app.settings, "host-a:1:aaaa-0", 100)
+    assert recovery.heartbeat("default", [entry]) == []
+    client = link.connection.client
+    client.xclaim(_stream(app), keys.GROUP, "host-b:1:bbbb-0", 0, [entry])
+    assert recovery.heartbeat("default", [entry]) == [entry]
+    owner = client.xpending_range(_stream(app), keys.GROUP, entry, entry, 1)
     assert owner[0]["consumer"] == b"host-b:1:bbbb-0"
 
 
 def test_own_orphaned_entries_are_recovered(app: StreamQ) -> None:
     """Entries delivered to this consumer whose reply was lost (e.g. the connection
     dropped mid-read) are pending for it but unknown to it; it takes them back."""
-    from streamq.consumer import Consumer
+    from streamq.worker.consumer import Consumer
 
     tasks.app.configure(heartbeat_s=0.1)
     results = tasks.add.map([(i, 0) for i in range(5)])
     name = "host-o:1:oooo-0"
     c = Consumer(app, ["default"], name, block_ms=50)
     c.start(housekeeping=False)
-    lost = app.broker.read(name, ["default"], 100, None)  # delivered, reply "lost"
+    lost = app.server.broker.read(name, ["default"], 100, None)  # delivered, reply "lost"
     assert len(lost) == 5
     time.sleep(0.3)
     c._next_reclaim = 0.0
@@ -112,7 +118,7 @@ def test_own_orphaned_entries_are_recovered(app: StreamQ) -> None:
 def test_outcomes_are_never_lost_to_a_concurrent_flush(app: StreamQ) -> None:
     """The housekeeping thread flushes outcomes while a slow task runs; the slow
     task's own outcome must still be written (and the task run only once)."""
-    from streamq.consumer import Consumer
+    from streamq.worker.consumer import Consumer
 
     slow = []
     for i in range(20):
@@ -133,16 +139,16 @@ def test_outcomes_are_never_lost_to_a_concurrent_flush(app: StreamQ) -> None:
 def test_dead_host_messages_are_autoclaimed_and_consumer_removed(app: StreamQ,
                                                                  start_worker: Any) -> None:
     results = tasks.add.map([(i, 1) for i in range(30)])
-    app.broker.ensure_group("default")
+    app.server.broker.ensure_group("default")
     ghost = "ghost-host:999:dead-0"
-    got = app.broker.read(ghost, ["default"], 100, None)  # read, then "die"
+    got = app.server.broker.read(ghost, ["default"], 100, None)  # read, then "die"
     assert len(got) == 30
     w = start_worker(app.settings.url, "-c", "1", "--claim-after", "1", *FAST)
     assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(30)]
     assert all(r.info["deliveries"] == 2 for r in results)
 
     def ghost_gone() -> bool:
-        names = [c["name"] for c in app.broker.client.xinfo_consumers(_stream(app),
+        names = [c["name"] for c in app.server.connection.client.xinfo_consumers(_stream(app),
                                                                         keys.GROUP)]
         return ghost.encode() not in names
 
@@ -203,8 +209,8 @@ def test_retry_record_shows_attempts_and_last_error(app: StreamQ) -> None:
     info = res.info
     assert info["status"] == "RETRY" and info["retries"] == 1
     assert info["exc_type"] == "ValueError" and "failure 1 of 1" in info["exc_message"]
-    assert app.broker.client.zscore(keys.delayed(app.settings.namespace, "default"), res.id)
-    assert app.broker.client.xlen(_stream(app)) == 0  # moved atomically, not duplicated
+    assert app.server.connection.client.zscore(keys.delayed(app.settings.namespace, "default"), res.id)
+    assert app.server.connection.client.xlen(_stream(app)) == 0  # moved atomically, not duplicated
 
 
 def test_200_delayed_tasks_start_on_time(app: StreamQ, start_worker: Any) -> None:
@@ -216,7 +222,7 @@ def test_200_delayed_tasks_start_on_time(app: StreamQ, start_worker: Any) -> Non
     for r in results:
         r.get(timeout=30)
     assert time.time() - t0 < 20
-    client = app.broker.client
+    client = app.server.connection.client
     starts = dict(x.decode().split() for x in
                   client.lrange(f"{app.settings.namespace}:starts:delayed", 0, -1))
     assert len(starts) == 200
@@ -236,13 +242,13 @@ def test_concurrent_promoters_never_duplicate(app: StreamQ) -> None:
 
     results = [tasks.add.apply_async((i, 0), countdown=0.2) for i in range(300)]
     time.sleep(0.3)
-    brokers = [StreamQ(app.settings.url, namespace=app.settings.namespace).broker
+    brokers = [StreamQ(app.settings.url, namespace=app.settings.namespace).server
                for _ in range(4)]
     moved: list[int] = []
 
     def promote(b: Any) -> None:
         for _ in range(20):
-            moved.append(b.promote("default", int(time.time() * 1000), limit=25)[0])
+            moved.append(b.delayed.promote("default", int(time.time() * 1000), limit=25)[0])
 
     threads = [threading.Thread(target=promote, args=(b,)) for b in brokers]
     for t in threads:
@@ -250,8 +256,8 @@ def test_concurrent_promoters_never_duplicate(app: StreamQ) -> None:
     for t in threads:
         t.join()
     assert sum(moved) == 300
-    assert app.broker.client.xlen(_stream(app)) == 300
-    ids = {Message.decode(f[b"m"]).id for _, f in app.broker.client.xrange(_stream(app))}
+    assert app.server.connection.client.xlen(_stream(app)) == 300
+    ids = {Message.decode(f[b"m"]).id for _, f in app.server.connection.client.xrange(_stream(app))}
     assert ids == {r.id for r in results}
     for b in brokers:
         b.close()
@@ -280,7 +286,7 @@ def test_sigterm_grace_expired_task_stays_pending_and_is_recovered(
     w1.signal(signal.SIGTERM)
     assert w1.proc.wait(20) == 0
     assert res.status != "SUCCESS"
-    assert app.broker.client.xpending(_stream(app), keys.GROUP)["pending"] == 1
+    assert app.server.connection.client.xpending(_stream(app), keys.GROUP)["pending"] == 1
     w2 = start_worker(app.settings.url, "-c", "1", *FAST)
     assert res.get(timeout=30) == 2
     assert tasks.count_of("grace") == 2
@@ -297,7 +303,7 @@ def test_second_sigint_exits_at_once_losing_nothing(app: StreamQ, start_worker: 
     w1.signal(signal.SIGINT)
     w1.proc.wait(10)
     assert time.monotonic() - t0 < 5
-    assert app.broker.client.xpending(_stream(app), keys.GROUP)["pending"] == 1
+    assert app.server.connection.client.xpending(_stream(app), keys.GROUP)["pending"] == 1
     tasks.app.configure(heartbeat_s=0.2)
     w2 = start_worker(app.settings.url, "-c", "1", *FAST)
     wait_until(lambda: tasks.count_of("int") == 2, timeout=20, message="task re-run")
@@ -378,7 +384,7 @@ class TestBadMessagesGoToDeadLetters:
             "default")), timeout=20, message=f"{n} dead letters")
 
     def test_undecodable_envelope(self, app: StreamQ, start_worker: Any) -> None:
-        app.broker.client.xadd(_stream(app), {"m": b"\xff\x00 not json"})
+        app.server.connection.client.xadd(_stream(app), {"m": b"\xff\x00 not json"})
         w = self._start(app, start_worker)
         (d,) = self._wait_dead(app, 1)
         assert "undecodable message" in d.reason and d.raw == b"\xff\x00 not json"
@@ -391,7 +397,7 @@ class TestBadMessagesGoToDeadLetters:
         msg = Message(id="pickled-1", task="tests.tasks.echo", queue="default",
                       content_type="application/x-python-serialize",
                       content_encoding="binary", body=pickle.dumps([[1], {}]))
-        app.send([(msg, None)])
+        app.enqueue([(msg, None)])
         w = self._start(app, start_worker)
         (d,) = self._wait_dead(app, 1)
         assert "not accepted" in d.reason
@@ -405,7 +411,7 @@ class TestBadMessagesGoToDeadLetters:
         broken = Message(id="broken-1", task="tests.tasks.echo", queue="default",
                          content_type="application/json", content_encoding="utf-8",
                          body="[[1], {")
-        app.send([(broken, None)])
+        app.enqueue([(broken, None)])
         app.send_by_name("tests.tasks.nope", [1])
         w = self._start(app, start_worker)
         letters = self._wait_dead(app, 2)
@@ -461,7 +467,7 @@ def test_batching_never_strands_work_behind_a_long_task(app: StreamQ,
     t_idle = time.time() * 1000  # the second worker is up and idle from here
     for r in quick:
         r.get(timeout=15)
-    starts = [float(x.decode().split()[1]) for x in app.broker.client.lrange(
+    starts = [float(x.decode().split()[1]) for x in app.server.connection.client.lrange(
         f"{app.settings.namespace}:starts:quick", 0, -1)]
     assert len(starts) == 5
     assert max(starts) - t_idle < 1000, f"started {max(starts) - t_idle:.0f} ms late"
@@ -474,7 +480,7 @@ def test_batching_never_strands_work_behind_a_long_task(app: StreamQ,
 def test_foreign_stream_entry_goes_to_dead_letters_readable(app: StreamQ,
                                                             rclient: redis.Redis) -> None:
     ns = app.settings.namespace
-    from streamq.consumer import Consumer
+    from streamq.worker.consumer import Consumer
 
     rclient.xadd(keys.stream(ns, "default"), {"hello": "world"})  # not written by streamq
     ok = tasks.add.delay(1, 2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -17,25 +16,27 @@ from click.testing import CliRunner
 from rich.console import Console
 
 import streamq.cli
-import streamq.cli_status  # noqa: F401  (registers `status` until streamq.cli.main does)
-from streamq import StreamQ, keys
-from streamq.status import collect_status, render_status
+from streamq import StreamQ
+from streamq.base import keys
+from streamq.cli.status import render_status
+from streamq.server.status import collect_status
 from tests import tasks
 from tests.conftest import ROOT, wait_until
 
 
+def _status(app: StreamQ, now: float | None = None) -> dict[str, Any]:
+    return collect_status(app.server.connection, app.settings, now=now)
+
+
 def _entry() -> list[str]:
-    """The real ``streamq`` entry point; until ``main`` imports ``streamq.cli_status``
-    itself, the same ``main`` with that import done first."""
-    if "cli_status" in inspect.getsource(streamq.cli.main):
-        return [sys.executable, "-m", "streamq"]
-    return [sys.executable, "-c", "import streamq.cli_status; from streamq.cli import main; main()"]
+    """The real ``streamq`` entry point."""
+    return [sys.executable, "-m", "streamq"]
 
 
 def _run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMQ_")}
-    return subprocess.run([*_entry(), "status", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=timeout)
+    return subprocess.run([*_entry(), "status", *args], check=False, capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=timeout)
 
 
 def _said_by_server(client: redis.Redis, ns: str, queue: str) -> dict[str, int]:
@@ -90,7 +91,7 @@ def test_figures_match_the_server_and_a_killed_worker_turns_dead(
         tasks.add.delay(i, i)
 
     t = time.time()
-    doc = collect_status(app, now=t)
+    doc = _status(app, now=t)
     queues = _by_queue(doc)
     assert sorted(queues) == ["default", "ghost", "other"]
     for name, q in queues.items():
@@ -130,14 +131,14 @@ def test_figures_match_the_server_and_a_killed_worker_turns_dead(
     assert out.returncode == 0, out.stderr
     printed = json.loads(out.stdout)
     assert out.stdout.strip() == json.dumps(printed, indent=2, sort_keys=True)
-    assert _stable(printed) == _stable(collect_status(app))
+    assert _stable(printed) == _stable(_status(app))
 
     worker.kill_all()
     killed = time.monotonic()
-    wait_until(lambda: not collect_status(app)["workers"][0]["alive"], timeout=2.0,
+    wait_until(lambda: not _status(app)["workers"][0]["alive"], timeout=2.0,
                message="the killed worker to show as dead")
     assert time.monotonic() - killed <= 2 * 0.5 + 0.5
-    after = collect_status(app)
+    after = _status(app)
     assert [x["id"] for x in after["workers"]] == [w["id"]]  # still listed, as dead
     assert _by_queue(after)["default"]["pending"] == 1  # its entry waits to be reclaimed
 
@@ -163,7 +164,7 @@ def test_worker_listing_and_throughput_window(app: StreamQ, rclient: redis.Redis
     rclient.hset(keys.worker(ns, "hostF:7:beef"), mapping={"host": "hostF", "pid": 7,
                                                            "heartbeat_s": "0.1"})
 
-    doc = collect_status(app, now=t)
+    doc = _status(app, now=t)
     [q] = doc["queues"]
     assert q["throughput_per_min"] == round(12 + 8 * (1 - (t % 60) / 60), 2)
     workers = {w["id"]: w for w in doc["workers"]}

@@ -12,7 +12,8 @@ from typing import Any
 
 import redis
 
-from streamq import StreamQ, keys
+from streamq import StreamQ
+from streamq.base import keys
 from tests import tasks
 from tests.conftest import ROOT, wait_until
 
@@ -22,7 +23,7 @@ def test_2000_tasks_through_two_processes(app: StreamQ, start_worker: Any) -> No
     w = start_worker(app.settings.url, "-c", "2", "--log-level", "WARNING")
     assert len(w.children()) == 2
     stream = keys.stream(app.settings.namespace, "default")
-    client = app.broker.client
+    client = app.server.connection.client
     try:
         values = [r.get(timeout=30) for r in results]
     except TimeoutError:
@@ -86,7 +87,7 @@ def test_sigterm_finishes_in_flight_tasks_and_exits_zero(app: StreamQ,
     assert res.status == "SUCCESS" and res.get(timeout=1) == 1
     assert tasks.count_of("term") == 1
     ns = app.settings.namespace
-    assert app.broker.client.xlen(keys.stream(ns, "default")) == 0
+    assert app.server.connection.client.xlen(keys.stream(ns, "default")) == 0
 
 
 def test_unknown_task_goes_to_dead_letters_and_worker_keeps_going(

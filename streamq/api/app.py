@@ -76,6 +76,9 @@ class StreamQ:
         """Run ``hook`` at each step of this app's tasks (see ``streamq.Hook``)."""
         self.hooks.add(hook)
 
+    def remove_hook(self, hook: Hook) -> None:
+        self.hooks.remove(hook)
+
     @property
     def accept_content_types(self) -> set[str]:
         return serialization.accept_content_types(self.settings.accepted)

@@ -87,6 +87,11 @@ class Hooks:
             if getattr(type(hook), event) is not getattr(Hook, event):
                 self.by_event[event].append((hook, event))
 
+    def remove(self, hook: Hook) -> None:
+        self.hooks.remove(hook)
+        for event in EVENTS:
+            self.by_event[event] = [(h, n) for h, n in self.by_event[event] if h is not hook]
+
     def wants(self, event: str) -> bool:
         return bool(self.by_event[event])
 

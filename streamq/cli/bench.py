@@ -1,4 +1,4 @@
-"""``streamq bench``: run ``streamq.bench.run_bench`` and show its table (or JSON)."""
+"""``streamq bench``: run ``streamq.cli.benchmark.run_bench`` and show its table (or JSON)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
-
-from .cli import cli
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -47,8 +45,8 @@ def render(report: dict[str, Any], console: Console) -> None:
                   style="dim")
 
 
-@cli.command()
-@click.option("--url", default=None, envvar="STREAMQ_URL", metavar="URL",
+@click.command()
+@click.option("--url", default=None, metavar="URL",
               help="redis://, rediss:// or unix:// URL (default: $STREAMQ_URL, else the "
                    "embedded server).")
 @click.option("-n", "n", type=click.IntRange(1, 10_000_000), default=20000, show_default=True,
@@ -72,7 +70,7 @@ def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, as_json
       streamq bench --url redis://127.0.0.1:6379/0 -n 20000 -c 2
       streamq bench -n 2000 --json > bench.json     # embedded server
     """
-    from .bench import run_bench
+    from .benchmark import run_bench
 
     err = Console(stderr=True, highlight=False)
     status = err.status("starting") if err.is_terminal else None

@@ -1,13 +1,13 @@
 """Tasks for ``streamq bench``: the worker it starts imports this module.
 
-``python -m streamq worker streamq.bench_tasks --url URL --namespace NS`` points
+``python -m streamq worker streamq.cli.bench_tasks --url URL --namespace NS`` points
 ``app`` at the bench's server and its throw-away namespace; importing this module
 connects to nothing.
 """
 
 from __future__ import annotations
 
-from streamq import StreamQ
+from ..api.app import StreamQ
 
 app = StreamQ()  # the URL and namespace come from the worker's --url and --namespace
 
@@ -17,4 +17,3 @@ NOOP_NAME = "streamq.bench.noop"
 @app.task(name=NOOP_NAME)
 def noop(data: str = "") -> None:
     """Does nothing: what the bench measures is streamq's own cost per task."""
-    return None

@@ -4,16 +4,16 @@ its streamq counterpart (enqueue: 5 alternating slices; drain: half the raw drai
 before the worker's drain and half after), so both sides see the same machine noise.
 Nothing here prints: phases are announced through ``progress``.
 
-Ceilings (raw redis-py, one connection, this process; entries carry one field ``m``
-of ``payload_bytes`` bytes): ``xadd_single`` XADD, one round trip each;
-``xadd_pipelined`` XADD in pipelines of 100 (which also fills the stream for the
-raw drain); ``raw_drain`` XREADGROUP COUNT 100 (one round trip) then XACK + XDEL
-of that batch pipelined (one round trip), N entries in all.
+Ceilings (``streamq.server.ceiling``: raw redis-py, one connection, this process;
+entries carry one field ``m`` of ``payload_bytes`` bytes): ``xadd_single`` XADD,
+one round trip each; ``xadd_pipelined`` XADD in pipelines of 100 (which also fills
+the stream for the raw drain); ``raw_drain`` XREADGROUP COUNT 100 (one round trip)
+then XACK + XDEL of that batch pipelined (one round trip), N entries in all.
 
 streamq, in a fresh namespace ``streamq-bench-<hex>`` deleted at the end:
 ``delay`` N x ``task.delay()`` (to a queue no worker reads); ``map`` ``task.map()``
 of N calls in all, which the drain then runs; ``drain`` a real
-``python -m streamq worker streamq.bench_tasks -c C`` subprocess, timed from the
+``python -m streamq worker streamq.cli.bench_tasks -c C`` subprocess, timed from the
 FIRST STORED RESULT to the last (interpreter and worker start-up excluded; the
 tasks done at the first observation are not counted), completion read from the
 per-minute stats hashes (``succeeded``, the last write of each outcome pipeline)
@@ -43,15 +43,12 @@ from importlib import metadata
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-import redis
+from ..api.app import StreamQ
+from ..base.errors import BrokerError, StreamQError
+from ..base.settings import mask_url
+from ..server.ceiling import Ceiling
+from . import bench_tasks
 
-from . import bench_tasks, keys
-from .app import StreamQ
-from .connection import redis_errors
-from .errors import StreamQError
-from .settings import mask_url
-
-BATCH = 100
 ROUNDS = 5
 ROUNDTRIPS = 1000
 ROUNDTRIP_BUDGET_S = 30.0
@@ -100,19 +97,17 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
     ns = f"streamq-bench-{secrets.token_hex(4)}"
     app = StreamQ(url, namespace=ns)
     t_all = time.perf_counter()
-    raw: redis.Redis | None = None
+    raw: Ceiling | None = None
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with app.broker.errors():
-            resolved = app.broker.url
-            app.broker.client.ping()
-        with redis_errors(resolved):
-            raw = redis.Redis.from_url(resolved, socket_timeout=60, protocol=2)
-            versions = _versions(raw)
-            say(f"server {versions['server_name']} {versions['server_version']} at "
-                f"{mask_url(resolved)}; namespace {ns}")
-            measured, details = _measure(app, raw, resolved, ns, n, concurrency,
-                                         payload_bytes, clock, say, procs)
+        resolved = app.server.url
+        app.server.info("server")  # the connection check
+        raw = Ceiling(resolved)
+        versions = _versions(raw)
+        say(f"server {versions['server_name']} {versions['server_version']} at "
+            f"{mask_url(resolved)}; namespace {ns}")
+        measured, details = _measure(app, raw, resolved, ns, n, concurrency,
+                                     payload_bytes, clock, say, procs)
     finally:
         for proc in procs:
             if not proc.bench_log.closed:  # type: ignore[attr-defined]  # not stopped yet
@@ -120,8 +115,8 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
         if raw is not None:
             say("deleting the benchmark's keys")
             try:
-                _delete_namespace(raw, ns)
-            except redis.RedisError:
+                raw.delete_namespace(ns)
+            except BrokerError:
                 pass  # the server is gone: nothing to clean, and the first error wins
             raw.close()
         app.close()
@@ -158,21 +153,13 @@ def _timed(clock: _Clock, phase: str, steps: int, step: Callable[[], Any]) -> fl
     return time.perf_counter() - t0
 
 
-def _raw_drain(r: redis.Redis, stream: str, count: int, clock: _Clock) -> float:
+def _raw_drain(r: Ceiling, stream: str, count: int, clock: _Clock) -> float:
     """Seconds to read, ack and delete ``count`` entries of ``stream`` in batches."""
     clock.phase = "raw drain"
-    done, t0 = 0, time.perf_counter()
-    while done < count and (entries := [
-            e for _s, es in r.xreadgroup("bench", "c", {stream: ">"},
-                                          count=min(BATCH, count - done)) or () for e in es]):
-        ids = [entry_id for entry_id, _ in entries]
-        r.pipeline(transaction=False).xack(stream, "bench", *ids).xdel(stream, *ids).execute()
-        done += len(ids)
-        clock.check()
-    return time.perf_counter() - t0
+    return r.drain(stream, count, clock.check)
 
 
-def _measure(app: StreamQ, r: redis.Redis, url: str, ns: str, n: int, concurrency: int,
+def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: int,
              payload_bytes: int, clock: _Clock, say: Callable[[str], None],
              procs: list[subprocess.Popen[bytes]]) -> tuple[dict[str, float], dict[str, Any]]:
     fn, queue = bench_tasks.noop.fn, bench_tasks.noop.options.queue
@@ -181,31 +168,25 @@ def _measure(app: StreamQ, r: redis.Redis, url: str, ns: str, n: int, concurrenc
     args: tuple[Any, ...] = ("x" * payload_bytes,) if payload_bytes else ()
     single, stream, fields = f"{ns}:raw:single", f"{ns}:raw:stream", {"m": b"x" * payload_bytes}
 
-    def xadd_pipelined(count: int) -> None:
-        for start in range(0, count, BATCH):
-            pipe = r.pipeline(transaction=False)
-            for _ in range(min(BATCH, count - start)):
-                pipe.xadd(stream, fields)
-            pipe.execute()
-
     say(f"enqueue: raw XADD, delay(), raw pipelined XADD, map(): {ROUNDS} alternating "
         f"slices of {n} in all")
     secs = dict.fromkeys(("xadd_single", "delay", "xadd_pipelined", "map"), 0.0)
     for size in [n // ROUNDS + (i < n % ROUNDS) for i in range(ROUNDS)]:
         if size:
-            secs["xadd_single"] += _timed(clock, "raw XADD", size,
-                                          lambda: r.xadd(single, fields))
+            clock.phase = "raw XADD"
+            secs["xadd_single"] += r.xadd_single(single, fields, size, clock.check)
             secs["delay"] += _timed(clock, "delay()", size, lambda: sink.delay(*args))
-            secs["xadd_pipelined"] += _timed(clock, "raw pipelined XADD", 1,
-                                             lambda: xadd_pipelined(size))
+            clock.phase = "raw pipelined XADD"
+            secs["xadd_pipelined"] += r.xadd_pipelined(stream, fields, size, clock.check)
+            # The lambda runs within this iteration, so it sees this slice's size.
             secs["map"] += _timed(clock, "map()", 1,
-                                  lambda: noop.map([args] * size))
+                                  lambda: noop.map([args] * size))  # noqa: B023
     r.delete(single)
     out = {k: round(n / v, 1) for k, v in secs.items()}
 
     say(f"drain: raw drain of {n // 2}, a worker with {concurrency} process(es) drains "
         f"{n} tasks, raw drain of {n - n // 2}")
-    r.xgroup_create(stream, "bench", "0")
+    r.create_group(stream)
     raw_s = _raw_drain(r, stream, n // 2, clock)
     clock.phase = "drain"
     minute0 = int(time.time() // 60)
@@ -214,7 +195,7 @@ def _measure(app: StreamQ, r: redis.Redis, url: str, ns: str, n: int, concurrenc
     first: tuple[float, int] | None = None
     last, gap = 0, 0.0
     while True:
-        done = _succeeded(r, ns, queue, minute0)
+        done = r.succeeded(ns, queue, minute0)
         now = time.perf_counter()
         if done and first is None:
             first = (now, done) if done < n else (t_prev, 0)  # all done between two polls
@@ -276,23 +257,16 @@ def _percentile(sorted_values: list[float], q: float) -> float:
                                     math.ceil(q * len(sorted_values)) - 1))]
 
 
-def _succeeded(r: redis.Redis, ns: str, queue: str, minute0: int) -> int:
-    pipe = r.pipeline(transaction=False)
-    for minute in range(minute0 - 1, int(time.time() // 60) + 2):
-        pipe.hget(keys.stats(ns, queue, minute), "succeeded")
-    return sum(int(v) for v in pipe.execute() if v)
-
-
 # -- worker processes --------------------------------------------------------------------------
 def _start_worker(url: str, ns: str, concurrency: int,
                   procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
     # A URL holding a password goes in the environment only, not on the command line.
     secret = urlsplit(url).password is not None or "password=" in url
-    cmd = [sys.executable, "-m", "streamq", "worker", "streamq.bench_tasks", "-c",
+    cmd = [sys.executable, "-m", "streamq", "worker", bench_tasks.__name__, "-c",
            str(concurrency), *([] if secret else ["--url", url]), "--namespace", ns,
            "--log-level", "WARNING"]
     env = dict(os.environ, STREAMQ_URL=url, STREAMQ_NAMESPACE=ns)
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _stop()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
     proc.bench_log = log  # type: ignore[attr-defined]
@@ -309,11 +283,11 @@ def _check_alive(proc: subprocess.Popen[bytes]) -> None:
                          f"{tail or 'no output'}")
 
 
-def _wait_registered(r: redis.Redis, ns: str, proc: subprocess.Popen[bytes],
+def _wait_registered(r: Ceiling, ns: str, proc: subprocess.Popen[bytes],
                      clock: _Clock, timeout_s: float = 30.0) -> None:
     """Until the worker's process has registered (its first heartbeat): it is reading."""
-    mark, end = f":{proc.pid}:".encode(), time.monotonic() + timeout_s
-    while not any(mark in m for m in r.zrange(keys.workers(ns), 0, -1)):
+    mark, end = f":{proc.pid}:", time.monotonic() + timeout_s
+    while not any(mark in m for m in r.workers(ns)):
         _check_alive(proc)
         clock.check()
         if time.monotonic() > end:
@@ -354,22 +328,6 @@ def _rss_mb(pid: int) -> float:
 
 
 # -- the rest ------------------------------------------------------------------------------------
-def _versions(r: redis.Redis) -> dict[str, Any]:
-    from redis.utils import HIREDIS_AVAILABLE
-
-    info = r.info("server")
-    valkey = str(info["valkey_version"]) if "valkey_version" in info else None
-    return {
-        "python": platform.python_version(), "streamq": metadata.version("streamq"),
-        "redis_py": metadata.version("redis"), "hiredis": bool(HIREDIS_AVAILABLE),
-        "hiredis_version": metadata.version("hiredis") if HIREDIS_AVAILABLE else None,
-        "server_name": str(info.get("server_name") or ("valkey" if valkey else "redis")),
-        "server_version": valkey or str(info.get("redis_version")),
-        "redis_version": str(info.get("redis_version")), "valkey_version": valkey,
-        "cpus": os.cpu_count(),
-    }
-
-
-def _delete_namespace(r: redis.Redis, ns: str) -> int:
-    found = list(r.scan_iter(match=f"{ns}:*", count=1000))
-    return sum(r.unlink(*found[i:i + 1000]) for i in range(0, len(found), 1000))
+def _versions(r: Ceiling) -> dict[str, Any]:
+    return {"python": platform.python_version(), "streamq": metadata.version("streamq"),
+            **r.versions(), "cpus": os.cpu_count()}

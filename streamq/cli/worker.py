@@ -77,7 +77,7 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
     sup = Supervisor(app, qs, n, prefetch=prefetch, grace_s=grace, reload_dirs=reload_dirs)
     served = None
     if metrics_port is not None:
-        served = metrics.serve(app, metrics_port, sup)
+        served = metrics.serve(app, metrics_port, lambda: sup.restarts)
         log.info("Serving Prometheus metrics at http://127.0.0.1:%d/metrics", served[2])
     try:
         code = sup.run()

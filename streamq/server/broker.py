@@ -15,6 +15,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from redis.crc import key_slot
+
 from ..base import keys
 from ..base.errors import BrokerError
 from ..base.settings import Settings
@@ -39,6 +41,8 @@ class Broker:
         self.ttl_s = settings.result_ttl
         self._known_queues: set[str] = set()
         self._groups: set[str] = set()
+        self._slot_groups: dict[tuple[str, ...], list[list[str]]] = {}
+        self._turn = 0
 
     # -- producing -------------------------------------------------------------------
     def enqueue_commands(self, out: list[bytes], task_id: str, queue: str,
@@ -118,26 +122,67 @@ class Broker:
         With ``pipe`` the read rides after whatever writes it carries, so a flush and
         the next read are one round trip (the writes take effect before it blocks)."""
         pipe = pipe if pipe is not None else Packed()
-        streams = [keys.stream(self.ns, q) for q in queues]
+        groups = self._groups_by_slot(queues)
+        if len(groups) == 1:
+            return self._read(pipe, consumer, queues, count, block_ms)
+        # A cluster-mode server refuses one read across slots: one read per slot, none
+        # blocking; when all are empty, block on one slot at a time, briefly, in turn.
+        for group in groups[:-1]:
+            self._read_command(pipe, consumer, group, count, None)
+        got = self._read(pipe, consumer, groups[-1], count, None, replies=len(groups),
+                         every=queues)
+        if got or not block_ms:
+            return got
+        self._turn = (self._turn + 1) % len(groups)
+        return self._read(Packed(), consumer, groups[self._turn], count, min(block_ms, 50))
+
+    def _read_command(self, pipe: Packed, consumer: str, queues: list[str], count: int,
+                      block_ms: int | None) -> None:
         block = () if block_ms is None else ("BLOCK", block_ms)
+        streams = [keys.stream(self.ns, q) for q in queues]
         pipe.command("XREADGROUP", "GROUP", keys.GROUP, consumer, "COUNT", count, *block,
                      "STREAMS", *streams, *(">" for _ in streams))
+
+    def _read(self, pipe: Packed, consumer: str, queues: list[str], count: int,
+              block_ms: int | None, replies: int = 1, every: list[str] | None = None
+              ) -> list[Delivery]:
+        self._read_command(pipe, consumer, queues, count, block_ms)
         try:
-            reply = self.transport.run(pipe, blocking=True)[-1]
+            answers = self.transport.run(pipe, blocking=True)[-replies:]
         except BrokerError as exc:
             if exc.code != "NOGROUP":
                 raise
-            self.recreate_groups(queues)
+            self.recreate_groups(every or queues)
             return []
         out: list[Delivery] = []
-        by_stream = dict(zip(streams, queues, strict=True))
-        # RESP3 (redis-py 8's default) answers a map, RESP2 a list of pairs.
-        pairs = reply.items() if isinstance(reply, dict) else reply or ()
-        for stream_key, entries in pairs:
-            queue = by_stream[as_str(stream_key)]
-            for entry_id, fields in entries:
-                out.append(Delivery(queue, as_str(entry_id), entry_message(fields)))
+        by_stream = {keys.stream(self.ns, q): q for q in every or queues}
+        for reply in answers:
+            # RESP3 (redis-py 8's default) answers a map, RESP2 a list of pairs.
+            pairs = reply.items() if isinstance(reply, dict) else reply or ()
+            for stream_key, entries in pairs:
+                queue = by_stream[as_str(stream_key)]
+                for entry_id, fields in entries:
+                    out.append(Delivery(queue, as_str(entry_id), entry_message(fields)))
         return out
+
+    def _groups_by_slot(self, queues: list[str]) -> list[list[str]]:
+        """The queues in groups that one read may cover: all of them on a plain
+        server; one group per hash slot on a cluster-mode one."""
+        groups = self._slot_groups.get(tuple(queues))
+        if groups is None:
+            if len(queues) > 1 and self._cluster_mode():
+                by_slot: dict[int, list[str]] = {}
+                for q in queues:
+                    by_slot.setdefault(key_slot(keys.stream(self.ns, q).encode()), []).append(q)
+                groups = list(by_slot.values())
+            else:
+                groups = [list(queues)]
+            self._slot_groups[tuple(queues)] = groups
+        return groups
+
+    def _cluster_mode(self) -> bool:
+        info = self.connection.client.info("cluster")
+        return bool(int(info.get("cluster_enabled", 0)))
 
 
 def entry_message(fields: Any) -> bytes | None:

@@ -49,9 +49,9 @@ class RecordStore:
         return as_str(value) if value else None
 
     def forget(self, queue: str, task_id: str) -> None:
-        self.transport.connection.client.delete(
-            keys.record(self.ns, queue, task_id), keys.done(self.ns, queue, task_id),
-            keys.task_queue(self.ns, task_id))
+        client = self.transport.connection.client
+        client.delete(keys.record(self.ns, queue, task_id), keys.done(self.ns, queue, task_id))
+        client.delete(keys.task_queue(self.ns, task_id))  # another slot
 
     def mark_started(self, queue: str, task_id: str, worker: str, deliveries: int) -> None:
         """STARTED, for a task that runs long enough for someone to look."""
