@@ -6,7 +6,7 @@ import inspect
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -25,9 +25,9 @@ from streamq import (
     task,
 )
 from streamq.base import keys
+from streamq.base.errors import ConfigurationError, ResultNotFoundError, ResultTimeoutError
 from streamq.base.settings import Settings
 from streamq.worker.consumer import Consumer
-from streamq.base.errors import ConfigurationError, ResultNotFoundError, ResultTimeoutError
 from tests import tasks
 from tests.conftest import ROOT
 
@@ -209,7 +209,7 @@ def test_countdown_gives_scheduled_status(app: StreamQ, rclient: redis.Redis) ->
 def test_eta_must_be_timezone_aware(app: StreamQ) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         tasks.add.apply_async((1, 1), eta=datetime.now() + timedelta(seconds=5))
-    res = tasks.add.apply_async((1, 1), eta=datetime.now(timezone.utc) + timedelta(seconds=30))
+    res = tasks.add.apply_async((1, 1), eta=datetime.now(UTC) + timedelta(seconds=30))
     assert res.status == "SCHEDULED"
 
 
@@ -255,7 +255,7 @@ def test_cloudpickle_serializer_round_trips_objects(server: Any, namespace: str)
     def double(x: Any) -> Any:
         return x * 2
 
-    when = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, tzinfo=UTC)
     res = double.delay(b"ab")
     res2 = app.registry[double.name].delay(3)
     c = Consumer(app, ["default"], "h:1:aaaa-0", block_ms=50)
@@ -355,7 +355,8 @@ def test_only_waited_tasks_get_a_completion_list(app: StreamQ, rclient: redis.Re
         waited.get(timeout=0.05)  # marks it as waited on
     drain(app)
     assert not rclient.exists(keys.done(ns, "default", unwaited.id))
-    assert rclient.lrange(keys.done(ns, "default", waited.id), 0, -1) == [b"Sapplication/json\nutf-8\n4"]
+    assert rclient.lrange(keys.done(ns, "default", waited.id), 0, -1) == [
+        b"Sapplication/json\nutf-8\n4"]
     # A task that finished before anyone waited still answers at once, and so does
     # a failed one (its error is read from the record).
     assert unwaited.get(timeout=5) == 2

@@ -93,7 +93,7 @@ def test_piped_output_keeps_tracebacks_reasons_and_names_on_one_line(
 
     status = _cli("status", *common)
     assert status.returncode == 0, status.stderr
-    [queue_row] = [line for line in status.stdout.splitlines() 
+    [queue_row] = [line for line in status.stdout.splitlines()
                    if line.split()[:1] == [QUEUE]]
     assert queue_row.split()[:4] == [QUEUE, "0", "0", "1"], status.stdout  # backlog, ...
     [worker_row] = [line for line in status.stdout.splitlines() if f":{w.pid}:" in line]

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamq.base.errors import ConfigurationError, EmbeddedServerError
 from streamq.server.embedded import (
     _default_socket,
     embedded_url,
@@ -28,7 +29,6 @@ from streamq.server.embedded import (
     server_version,
     stop_embedded,
 )
-from streamq.base.errors import ConfigurationError, EmbeddedServerError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ON_PROC = Path("/proc/self/cwd").exists()

@@ -209,7 +209,8 @@ def test_retry_record_shows_attempts_and_last_error(app: StreamQ) -> None:
     info = res.info
     assert info["status"] == "RETRY" and info["retries"] == 1
     assert info["exc_type"] == "ValueError" and "failure 1 of 1" in info["exc_message"]
-    assert app.server.connection.client.zscore(keys.delayed(app.settings.namespace, "default"), res.id)
+    client = app.server.connection.client
+    assert client.zscore(keys.delayed(app.settings.namespace, "default"), res.id)
     assert app.server.connection.client.xlen(_stream(app)) == 0  # moved atomically, not duplicated
 
 

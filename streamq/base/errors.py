@@ -83,7 +83,7 @@ class ResultNotFoundError(ResultError):
     """No record exists for this task id (never enqueued, forgotten, or expired)."""
 
 
-class TaskFailed(ResultError):
+class TaskFailed(ResultError):  # noqa: N818 - Celery's name, fixed by the API
     """The task failed (or went to dead letters); carries the remote error."""
 
     def __init__(
@@ -111,7 +111,7 @@ class TaskFailed(ResultError):
         )
 
 
-class TaskSignal(Exception):
+class TaskSignal(Exception):  # noqa: N818 - control flow, not an error
     """Base of control-flow signals a task raises; these are not errors."""
 
 

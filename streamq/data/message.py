@@ -11,7 +11,7 @@ import base64
 import json
 import time
 from json.encoder import encode_basestring as _quote
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from ..base.errors import DecodeError
 

@@ -17,8 +17,7 @@ from typing import Any
 from ..base import keys
 from ..base.settings import Settings
 from ..data import record
-from ..data.outcome import (COUNTED, Dead, Failed, Gone, Outcome, Released, Retried,
-                            Succeeded)
+from ..data.outcome import COUNTED, Dead, Failed, Gone, Outcome, Released, Retried, Succeeded
 from .transport import Packed
 
 STATS_TTL_S = 3600

@@ -19,8 +19,7 @@ from ..api.hooks import TaskEvent
 from ..base import keys
 from ..base.errors import BrokerConnectionError
 from ..base.ids import worker_of
-from ..data.outcome import (COUNTED, Dead, Delivery, Failed, Outcome, Released, Retried,
-                            Succeeded)
+from ..data.outcome import COUNTED, Dead, Delivery, Failed, Outcome, Released, Retried, Succeeded
 from ..server.recovery import Recovery
 from ..server.transport import Packed
 from ..server.writer import OutcomeWriter
