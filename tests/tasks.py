@@ -136,3 +136,12 @@ def nap(seconds: float, tag: int) -> int:
     """Sleeps without touching the server (safe while the server is down)."""
     time.sleep(seconds)
     return tag
+
+
+@app.task
+def fail_first(key: str) -> int:
+    """Fails its first run (no retries: to dead letters), succeeds after a requeue."""
+    n = _incr(key)
+    if n == 1:
+        raise ValueError(f"first run of {key}")
+    return n

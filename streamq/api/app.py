@@ -22,6 +22,7 @@ from ..server.deadletters import DeadLetters
 from ..server.link import ServerLink
 from .hooks import Hook, Hooks, TaskEvent
 from .result import AsyncResult
+from .result import AsyncResult as _AsyncResult  # for annotations: StreamQ.AsyncResult shadows it
 from .task import P, R, Task, TaskOptions, build_message, due_ms_from
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,11 @@ class StreamQ:
         """Dead-letter operations: ``app.dead.list()``, ``.requeue()``, ``.purge()``."""
         return self.server.dead
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's spelling
+    def AsyncResult(self, task_id: str) -> _AsyncResult:  # noqa: N802 - Celery's spelling
         return AsyncResult(task_id, self)
 
     # -- enqueue ----------------------------------------------------------------------
-    def enqueue(self, prepared: Sequence[tuple[Message, int | None]]) -> list[AsyncResult]:
+    def enqueue(self, prepared: Sequence[tuple[Message, int | None]]) -> list[_AsyncResult]:
         """Write records and messages for prepared calls, each record before its
         message, in batches of ``_BATCH`` calls streamed on one connection:
         ``delay()`` is one round trip, and ``map()`` packs the next batch while the
@@ -184,7 +185,7 @@ class StreamQ:
 
     def send_by_name(self, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None
                      = None, *, queue: str | None = None, countdown: float | None = None
-                     ) -> AsyncResult:
+                     ) -> _AsyncResult:
         """Enqueue a task by name without importing it (from the shell, cron, ...)."""
         task = self.registry.get(name)
         if task is not None:

@@ -46,8 +46,12 @@ class Message(NamedTuple):
     def encode(self) -> str:
         """The JSON envelope, written directly (this runs once per enqueued call)."""
         body = self.body
-        binary = isinstance(body, bytes | bytearray)
-        text = base64.b64encode(body).decode("ascii") if binary else body
+        if isinstance(body, bytes | bytearray):
+            binary = True
+            text = base64.b64encode(body).decode("ascii")
+        else:
+            binary = False
+            text = body
         extra = ""
         if self.eta_ms is not None:
             extra += f',"eta_ms":{int(self.eta_ms)}'

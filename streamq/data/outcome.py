@@ -60,7 +60,10 @@ class Failed(NamedTuple):
     task: str
     retries: int
     reason: str
+    """The dead letter's reason: attempts, error and traceback."""
     record: list[Any]
+    error: str
+    """``Type: message`` of the last attempt."""
 
 
 class Dead(NamedTuple):

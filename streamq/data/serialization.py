@@ -23,7 +23,7 @@ from ..base.errors import ConfigurationError, DecodeError, EncodeError
 
 CLOUDPICKLE_CONTENT_TYPE = "application/x-cloudpickle"
 
-_kombu.register(
+_kombu.register(  # type: ignore[no-untyped-call]  # kombu is unannotated
     "cloudpickle",
     cloudpickle.dumps,
     pickle.loads,
@@ -47,7 +47,8 @@ class ContentTypeNotAcceptedError(DecodeError):
 
 def content_type_of(serializer: str) -> str:
     try:
-        return _kombu.registry.name_to_type[serializer]
+        content_type: str = _kombu.registry.name_to_type[serializer]
+        return content_type
     except KeyError:
         known = ", ".join(sorted(_kombu.registry.name_to_type))
         raise ConfigurationError(
@@ -73,7 +74,7 @@ def _offending_type(value: Any) -> str | None:
             stack.extend(item)
         else:
             try:
-                kombu_json_dumps(item)
+                kombu_json_dumps(item)  # type: ignore[no-untyped-call]
             except Exception:
                 return type(item).__qualname__
     return None
@@ -92,7 +93,9 @@ def dumps(value: Any, serializer: str, what: str, task: str) -> tuple[str, str, 
             pass  # kombu's own path below raises the error with its message
     content_type_of(serializer)
     try:
-        return _kombu.dumps(value, serializer=serializer)
+        encoded: tuple[str, str, bytes | str] = _kombu.dumps(  # type: ignore[no-untyped-call]
+            value, serializer=serializer)
+        return encoded
     except (_KombuEncodeError, TypeError, ValueError, pickle.PicklingError) as exc:
         cause = exc.__cause__ or exc
         offending = _offending_type(value) if serializer == "json" else None
@@ -116,7 +119,8 @@ def loads(
             raise DecodeError(f"cannot decode {content_type} payload: {exc!r}", payload) \
                 from exc
     try:
-        return _kombu.loads(payload, content_type, content_encoding, accept=accept)
+        return _kombu.loads(  # type: ignore[no-untyped-call]
+            payload, content_type, content_encoding, accept=accept)
     except ContentDisallowed as exc:
         raise ContentTypeNotAcceptedError(
             f"content type {content_type!r} is not accepted (accepted: {sorted(accept)})",

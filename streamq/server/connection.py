@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.client
@@ -90,7 +90,8 @@ class Client(redis.Redis):
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         with translated(self.streamq_url):
-            return super().execute_command(*args, **options)
+            return super().execute_command(  # type: ignore[no-untyped-call]
+                *args, **options)
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
         pipe = Pipeline(self.connection_pool, self.response_callbacks, transaction,
@@ -111,14 +112,15 @@ def resolve_url(settings: Settings) -> str:
 def make_client(url: str, settings: Settings, *, blocking: bool = False) -> Client:
     timeout = settings.socket_timeout_s + (settings.block_ms / 1000.0 if blocking else 0.0)
     try:
-        client = Client.from_url(
+        # redis-py annotates from_url as returning Redis, but it builds a cls.
+        client = cast(Client, Client.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=settings.connect_timeout_s,
             # A few quick retries ride out a blip; a dead server surfaces within ~2 s.
             retry=_RedisRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 4),
             health_check_interval=30,
-        )
+        ))
     except ValueError as exc:
         raise ConfigurationError(f"invalid server URL {mask_url(url)!r}: {exc}") from None
     client.streamq_url = url

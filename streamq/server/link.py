@@ -41,7 +41,7 @@ class ServerLink:
 
     def info(self, section: str) -> dict[str, Any]:
         """The server's INFO ``section`` (a connection check, too)."""
-        return self.connection.client.info(section)  # type: ignore[no-any-return]
+        return self.connection.client.info(section)
 
     def close(self) -> None:
         self.connection.close()

@@ -13,7 +13,7 @@ A record's keys live under its queue's hash tag; the queue comes from the task i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ..base import keys
 from ..base.ids import queue_of
@@ -41,7 +41,8 @@ class RecordStore:
     def read(self, queue: str, task_id: str) -> dict[str, Any]:
         """The decoded record; empty for an unknown id."""
         raw = self.transport.connection.client.hgetall(keys.record(self.ns, queue, task_id))
-        return record.decode(raw) if raw else {}
+        # bytes keys and values: the client does not decode responses.
+        return record.decode(cast("dict[bytes, bytes]", raw)) if raw else {}
 
     def status(self, queue: str, task_id: str) -> str | None:
         value = self.transport.connection.client.hget(keys.record(self.ns, queue, task_id),
@@ -57,7 +58,8 @@ class RecordStore:
         """STARTED, for a task that runs long enough for someone to look."""
         key = keys.record(self.ns, queue, task_id)
         pipe = self.transport.connection.client.pipeline(transaction=False)
-        pipe.execute_command("HSET", key, *record.started(worker, deliveries))
+        pipe.execute_command(  # type: ignore[no-untyped-call]
+            "HSET", key, *record.started(worker, deliveries))
         pipe.expire(key, self.ttl_s)
         pipe.execute()
 
@@ -86,8 +88,11 @@ class RecordStore:
         done = keys.done(self.ns, queue, task_id)
         # BLMOVE onto the same list: blocks until the completion is pushed and leaves
         # it there for every other waiter.
-        return self.transport.connection.client.blmove(  # type: ignore[no-any-return]
-            done, done, max(seconds, 0.01), "RIGHT", "LEFT")
+        # redis-py types the timeout as int, but BLMOVE takes a float (Redis 6+); the
+        # reply is bytes (or None), since the client does not decode responses.
+        moved = self.transport.connection.client.blmove(
+            done, done, max(seconds, 0.01), "RIGHT", "LEFT")  # type: ignore[arg-type]
+        return cast("bytes | None", moved)
 
     def _wait_keys(self, queue: str, task_id: str) -> list[str]:
         return [keys.record(self.ns, queue, task_id), keys.done(self.ns, queue, task_id)]

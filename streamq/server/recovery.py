@@ -51,14 +51,15 @@ class Recovery:
             return []
 
     def own(self, queue: str) -> list[Delivery]:
-        pending = self.client.xpending_range(self._stream(queue), keys.GROUP, "-", "+", 1000,
-                                             consumername=self.consumer)
+        # Any: redis-py types every value of an entry as bytes | str | int.
+        pending: list[dict[str, Any]] = self.client.xpending_range(
+            self._stream(queue), keys.GROUP, "-", "+", 1000, consumername=self.consumer)
         return self._claim(queue, [as_str(p["message_id"]) for p in pending], 0)
 
     def orphans(self, queue: str, held: set[str], min_idle_ms: int) -> list[Delivery]:
-        stale = self.client.xpending_range(self._stream(queue), keys.GROUP, "-", "+",
-                                           self.page, consumername=self.consumer,
-                                           idle=min_idle_ms)
+        stale: list[dict[str, Any]] = self.client.xpending_range(
+            self._stream(queue), keys.GROUP, "-", "+", self.page, consumername=self.consumer,
+            idle=min_idle_ms)
         ids = [i for i in (as_str(p["message_id"]) for p in stale) if i not in held]
         return self._claim(queue, ids, min_idle_ms)
 
@@ -77,8 +78,8 @@ class Recovery:
             room = self.page - len(out)
             if room <= 0:
                 break
-            stale = self.client.xpending_range(stream, keys.GROUP, "-", "+", room,
-                                               consumername=name, idle=min_idle_ms)
+            stale: list[dict[str, Any]] = self.client.xpending_range(
+                stream, keys.GROUP, "-", "+", room, consumername=name, idle=min_idle_ms)
             out += self._claim(queue, [as_str(p["message_id"]) for p in stale], min_idle_ms)
         return out
 
@@ -91,8 +92,10 @@ class Recovery:
         """XCLAIM entries to this consumer; deleted entries drop out (Redis 7+)."""
         if not entry_ids:
             return []
+        # redis-py types the ids as an (invariant) List of int | bytes | str, so a
+        # list[str] is refused; a Sequence would be the right type.
         claimed = self.client.xclaim(self._stream(queue), keys.GROUP, self.consumer,
-                                     min_idle_ms, entry_ids)
+                                     min_idle_ms, entry_ids)  # type: ignore[arg-type]
         return self._with_counts(queue, claimed)
 
     def _with_counts(self, queue: str, claimed: list[Any]) -> list[Delivery]:
@@ -100,8 +103,9 @@ class Recovery:
         if not entries:
             return []
         ids = [as_str(e[0]) for e in entries]
-        pend = self.client.xpending_range(self._stream(queue), keys.GROUP, ids[0], ids[-1],
-                                          len(ids) + 100, consumername=self.consumer)
+        pend: list[dict[str, Any]] = self.client.xpending_range(
+            self._stream(queue), keys.GROUP, ids[0], ids[-1], len(ids) + 100,
+            consumername=self.consumer)
         counts = {as_str(p["message_id"]): int(p["times_delivered"]) for p in pend}
         return [Delivery(queue, i, entry_message(f), counts.get(i, 1))
                 for i, (_, f) in zip(ids, entries, strict=True)]

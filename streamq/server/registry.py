@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from ..base import keys
 from .broker import as_str
@@ -27,7 +27,9 @@ class Registry:
         now = now_ms()
         pipe = self.connection.client.pipeline(transaction=False)
         key = keys.worker(self.ns, worker_id)
-        pipe.hset(key, mapping=dict(info, last_heartbeat_ms=now))
+        # redis-py's mapping type is invariant in its key (FieldT), so a dict[str, ...]
+        # is refused though every str is a FieldT.
+        pipe.hset(key, mapping=dict(info, last_heartbeat_ms=now))  # type: ignore[arg-type]
         # Kept for the hour a dead worker stays listed by `streamq status`.
         pipe.expire(key, DEAD_WORKER_LISTED_MS // 1000)
         pipe.zadd(keys.workers(self.ns), {worker_id: now})
@@ -35,8 +37,9 @@ class Registry:
 
     def live(self, within_ms: int) -> set[str]:
         """Workers that heartbeated in the last ``within_ms``."""
-        ids = self.connection.client.zrangebyscore(keys.workers(self.ns),
-                                                   now_ms() - within_ms, "+inf")
+        # Members only: without withscores there are no (member, score) pairs.
+        ids = cast("list[bytes | str]", self.connection.client.zrangebyscore(
+            keys.workers(self.ns), now_ms() - within_ms, "+inf"))
         return {as_str(i) for i in ids}
 
     def deregister(self, worker_id: str) -> None:

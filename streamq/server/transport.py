@@ -26,7 +26,7 @@ MULTI = _pack(("MULTI",))
 
 
 def pack(*args: Any) -> bytes:
-    return _pack(args)
+    return _pack(args)  # type: ignore[no-any-return]  # hiredis's stub has no return type
 
 
 class Packed:
@@ -48,7 +48,8 @@ class Packed:
 
 
 def script_command(name: str, keys: list[str], args: list[Any]) -> bytes:
-    return _pack(("EVALSHA", scripts.SHA[name], len(keys), *keys, *args))
+    return _pack(  # type: ignore[no-any-return]
+        ("EVALSHA", scripts.SHA[name], len(keys), *keys, *args))
 
 
 class Transport:
@@ -88,7 +89,7 @@ class Transport:
         command has run."""
         url = self.connection.url
         with translated(url), self.connection.own(blocking) as conn:
-            replies = _with_retry(conn, lambda: _send_read(conn, packed.commands))
+            replies: list[Any] = _with_retry(conn, lambda: _send_read(conn, packed.commands))
         missing = [i for i, r in enumerate(replies)
                    if isinstance(r, redis.exceptions.NoScriptError)]
         if missing:

@@ -128,7 +128,7 @@ class Consumer:
             self._housekeeping.stop()
             self._housekeeping = None
         with self.lock:
-            unstarted = [Released(d) for d in self.buffer]
+            unstarted: list[Outcome] = [Released(d) for d in self.buffer]
             self.buffer.clear()
         try:
             self.flush(unstarted)
@@ -214,9 +214,10 @@ class Consumer:
         elif isinstance(o, Retried):
             data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, error=o.error,
                              countdown_s=o.countdown_s)
-        elif isinstance(o, Failed | Dead):
-            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries,
-                             error=o.reason.split("\n", 1)[0])
+        elif isinstance(o, Failed):
+            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, error=o.error)
+        elif isinstance(o, Dead):
+            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, error=o.reason)
         else:
             return
         self.hooks.emit(event, data)

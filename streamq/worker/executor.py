@@ -150,7 +150,7 @@ class Executor:
                                 started_ms=started_ms, finished_ms=now_ms(),
                                 worker=self.consumer)
         full = f"{reason}\n{tb}".rstrip() if tb else reason
-        return Failed(d, msg.id, msg.task, msg.retries, full, fields)
+        return Failed(d, msg.id, msg.task, msg.retries, full, fields, f"{exc_type}: {exc_message}")
 
     def _dead(self, d: Delivery, task_id: str | None, name: str, retries: int, reason: str
               ) -> Dead:

@@ -88,7 +88,7 @@ def cleanup_multiprocess_dir(path: str | None = None) -> None:
     if "prometheus_client.values" in sys.modules:
         from prometheus_client import values
 
-        values.close_all_multiprocess_files()
+        values.close_all_multiprocess_files()  # type: ignore[no-untyped-call]
     if path and os.environ.get(ENV) == path:
         del os.environ[ENV]
     _refresh_value_class()
@@ -103,7 +103,7 @@ def _refresh_value_class() -> None:
     if "prometheus_client.values" in sys.modules:
         from prometheus_client import values
 
-        values.ValueClass = values.get_value_class()
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
 def _get_metrics() -> dict[str, Any]:
@@ -163,7 +163,7 @@ def mark_process_dead(pid: int) -> None:
         return
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid)
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 class _QueueCollector:
@@ -215,7 +215,7 @@ def serve(app: StreamQ, port: int, restarts: Callable[[], int] | None = None, *,
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    registry.register(_QueueCollector(app, restarts))  # type: ignore[arg-type]
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(_QueueCollector(app, restarts))
     server, thread = start_http_server(port, addr=addr, registry=registry)
     return server, thread, int(server.server_port)

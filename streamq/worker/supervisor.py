@@ -48,6 +48,13 @@ class _Slot:
     timed_out: tuple[str, str, float] | None = None
 
 
+def _pid(proc: BaseProcess) -> int:
+    """The pid of a slot's process: ``_spawn`` stores it only once started."""
+    pid = proc.pid
+    assert pid is not None
+    return pid
+
+
 class Supervisor:
     def __init__(self, app: StreamQ, queues: list[str], concurrency: int, *,
                  prefetch: int | None = None, grace_s: float | None = None,
@@ -156,7 +163,7 @@ class Supervisor:
         code = proc.exitcode
         slot.process = None
         if os.environ.get(metrics.ENV):
-            metrics.mark_process_dead(proc.pid)
+            metrics.mark_process_dead(_pid(proc))
         if slot.timed_out is None:
             log.error("Worker process %d (consumer %s) died with exit code %s; replacing it "
                       "and re-delivering its messages.", proc.pid, slot.consumer, code)
@@ -176,7 +183,7 @@ class Supervisor:
                   "process %d.", entry_id, queue, timeout, slot.process.pid)
         slot.timed_out = (queue, entry_id, timeout)
         slot.limits.end()
-        os.kill(slot.process.pid, signal.SIGKILL)
+        os.kill(_pid(slot.process), signal.SIGKILL)
         slot.process.join(5)
 
     def _spawn(self, slot: _Slot) -> None:
@@ -201,7 +208,7 @@ class Supervisor:
     def _shutdown(self) -> int:
         for slot in self._slots:
             if slot.process is not None and slot.process.is_alive():
-                os.kill(slot.process.pid, signal.SIGTERM)
+                os.kill(_pid(slot.process), signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
         while time.monotonic() < deadline and self._stop_requested < 2:
             if not any(s.process is not None and s.process.is_alive() for s in self._slots):
@@ -211,7 +218,7 @@ class Supervisor:
         for slot in self._slots:
             if slot.process is not None and slot.process.is_alive():
                 forced = True
-                os.kill(slot.process.pid, signal.SIGKILL)
+                os.kill(_pid(slot.process), signal.SIGKILL)
             if slot.process is not None:
                 slot.process.join(5)
         if forced:
