@@ -7,20 +7,33 @@ enqueued is marked and waited for in one round trip; any other takes two.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..base.errors import ResultNotFoundError, ResultTimeoutError, TaskFailed
+from ..base.settings import Settings
 from ..data import record, serialization
 from ..data.record import Status
+from ..server.link import ServerLink
 
-if TYPE_CHECKING:
-    from .app import StreamQ
+
+class ResultApp(Protocol):
+    """What a result handle needs of its app (``StreamQ`` has it): a protocol, so that
+    the app imports this module and not the other way round."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def server(self) -> ServerLink: ...
+
+    @property
+    def accept_content_types(self) -> set[str]: ...
 
 
 class AsyncResult:
     """A handle on one task's record: its status, and its result once final."""
 
-    def __init__(self, task_id: str, app: StreamQ, *, queue: str | None = None,
+    def __init__(self, task_id: str, app: ResultApp, *, queue: str | None = None,
                  sent_at: float | None = None) -> None:
         self.id = task_id
         self.app = app

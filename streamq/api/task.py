@@ -8,19 +8,27 @@ from __future__ import annotations
 import contextvars
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
+from typing import Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from ..base.ids import new_task_id
-from ..base.settings import check_queue_name
+from ..base.settings import Settings, check_queue_name
 from ..data import serialization
 from ..data.message import Message, now_ms
+from .result import AsyncResult
 
-if TYPE_CHECKING:
-    from .app import StreamQ
-    from .result import AsyncResult
+
+class TaskApp(Protocol):
+    """What a task needs of its app (``StreamQ`` has it): a protocol, so that the app
+    imports this module and not the other way round."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def enqueue(self, prepared: Sequence[tuple[Message, int | None]]) -> list[AsyncResult]:
+        ...
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -141,7 +149,7 @@ def _positional_arity(signature: inspect.Signature) -> tuple[int, float] | None:
 class Task(Generic[P, R]):
     """A registered task. Calling it runs the function here and now."""
 
-    def __init__(self, app: StreamQ, fn: Callable[P, R], options: TaskOptions) -> None:
+    def __init__(self, app: TaskApp, fn: Callable[P, R], options: TaskOptions) -> None:
         self.app = app
         self.fn = fn
         self.options = options

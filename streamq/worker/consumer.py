@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from ..api.hooks import TaskEvent
 from ..base import keys
@@ -24,10 +23,11 @@ from ..server.recovery import Recovery
 from ..server.transport import Packed
 from ..server.writer import OutcomeWriter
 from .executor import Call, Executor
+from .held import Held, Running
+from .housekeeping import Housekeeping
 
 if TYPE_CHECKING:
     from ..api.app import StreamQ
-    from .housekeeping import Housekeeping
     from .limits import LimitSlot
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,6 @@ log = logging.getLogger(__name__)
 # a batch is normally written with the next read, in one round trip; only a larger
 # --prefetch flushes mid-batch, to bound what is held.
 _FLUSH_SIZE = 200
-
-
-class Running(NamedTuple):
-    """The task this process is running now."""
-
-    delivery: Delivery
-    task_id: str
-    since: float
 
 
 class Consumer:
@@ -75,15 +67,7 @@ class Consumer:
         self.limits = limits
         self.timed_out = timed_out
         self.stopping = False
-        self.lock = threading.Lock()
-        self.buffer: deque[Delivery] = deque()
-        self.outcomes: list[Outcome] = []
-        """Decided, not yet written: their entries are still pending and ours."""
-        self.outcomes_since = 0.0
-        self.current: Delivery | None = None
-        """Taken from the buffer and not finished (prepared, running or deciding)."""
-        self.current_since = 0.0
-        self.running: Running | None = None
+        self.held = Held()
         self._housekeeping: Housekeeping | None = None
         self._next_reclaim = 0.0
         self.processed = 0
@@ -98,11 +82,12 @@ class Consumer:
             if got:
                 log.info("Recovered %d pending message(s) of consumer %s on queue %s.",
                          len(got), self.name, q)
-                self.add(got)
+                self.held.add(got)
         if housekeeping:
-            from .housekeeping import Housekeeping
-
-            self._housekeeping = Housekeeping(self)
+            self._housekeeping = Housekeeping(
+                self.held, self.link, self.writer, self.recovery, self.settings, self.queues,
+                self.name, self.flush,
+                None if self.worker_info is None else (self.worker_id, self.worker_info))
             self._housekeeping.start()
 
     def run(self) -> None:
@@ -127,9 +112,7 @@ class Consumer:
         if self._housekeeping is not None:
             self._housekeeping.stop()
             self._housekeeping = None
-        with self.lock:
-            unstarted: list[Outcome] = [Released(d) for d in self.buffer]
-            self.buffer.clear()
+        unstarted: list[Outcome] = [Released(d) for d in self.held.take_buffer()]
         try:
             self.flush(unstarted)
         except Exception as exc:
@@ -140,18 +123,17 @@ class Consumer:
     def run_once(self, now: float | None = None) -> int:
         """One iteration: fetch if nothing is buffered, then run what is buffered."""
         now = time.monotonic() if now is None else now
-        if not self.buffer and now >= self._next_reclaim:
+        held = self.held
+        if not held.buffer and now >= self._next_reclaim:
             self._next_reclaim = now + max(1.0, self.settings.heartbeat_s)
             self._reclaim()
-        if not self.buffer:
-            self.add(self._flush_and_read())
+        if not held.buffer:
+            held.add(self._flush_and_read())
         done = 0
         while not self.stopping:
-            with self.lock:
-                if not self.buffer:
-                    break
-                d = self.buffer.popleft()
-                self.current, self.current_since = d, time.monotonic()
+            d = held.next()
+            if d is None:
+                break
             timed_out = None
             if self.timed_out and (d.queue, d.entry_id) == self.timed_out[:2]:
                 timed_out, self.timed_out = self.timed_out[2], None
@@ -161,32 +143,22 @@ class Consumer:
             else:
                 outcome = prepared
                 self._emit(outcome, None)
-            with self.lock:
-                self.current = None
-                if not self.outcomes:
-                    self.outcomes_since = time.monotonic()
-                self.outcomes.append(outcome)
-                full = len(self.outcomes) >= _FLUSH_SIZE
             done += 1
-            if full:
+            if held.decided(outcome) >= _FLUSH_SIZE:
                 self.flush()
         # Outcomes still held here ride with the next read (_flush_and_read): one round
         # trip per batch; a long task's are flushed by the housekeeping thread.
         self.processed += done
         return done
 
-    def add(self, deliveries: list[Delivery]) -> None:
-        if deliveries:
-            with self.lock:
-                self.buffer.extend(deliveries)
-
     def _run(self, call: Call) -> Outcome:
         d, msg = call.delivery, call.message
         if self.hooks.wants("started"):
             self.hooks.emit("started", TaskEvent(msg.id, msg.task, msg.queue, msg.retries + 1,
                                                  d.deliveries))
-        with self.lock:
-            self.running = Running(d, msg.id, self.current_since)
+        held = self.held
+        with held.lock:
+            held.running = Running(d, msg.id, held.current_since)
         if self.limits is not None:
             self.limits.begin(d.queue, d.entry_id, call.task.options.timeout)
         try:
@@ -196,8 +168,8 @@ class Consumer:
             # STARTED marker) must see it finished first.
             if self.limits is not None:
                 self.limits.end()
-            with self.lock:
-                self.running = None
+            with held.lock:
+                held.running = None
         self._emit(outcome, call)
         return outcome
 
@@ -223,53 +195,30 @@ class Consumer:
         self.hooks.emit(event, data)
 
     # -- writing ---------------------------------------------------------------------
-    def take_outcomes(self) -> list[Outcome]:
-        with self.lock:
-            taken, self.outcomes = self.outcomes, []
-        return taken
-
-    def restore_outcomes(self, outcomes: list[Outcome]) -> None:
-        """Put back outcomes whose write failed, to write them again: every write in a
-        batch is idempotent or guarded by an ownership check in its script."""
-        with self.lock:
-            self.outcomes[:0] = outcomes
-
     def _flush_and_read(self) -> list[Delivery]:
         """Write held outcomes and read the next batch in one round trip.
 
         The read blocks (returning at once when entries are waiting), and the writes
         before it in the same pipeline take effect before it blocks."""
-        outcomes = self.take_outcomes()
+        outcomes = self.held.take_outcomes()
         pipe = self.writer.pack(outcomes) if outcomes else Packed()
         try:
             return self.broker.read(self.name, self.queues, self.prefetch, self.block_ms,
                                     pipe=pipe)
         except Exception:
-            self.restore_outcomes(outcomes)
+            self.held.restore_outcomes(outcomes)
             raise
 
     def flush(self, extra: list[Outcome] | None = None) -> None:
         """Write held outcomes (and ``extra``) now, in one round trip."""
-        outcomes = self.take_outcomes() + (extra or [])
+        outcomes = self.held.take_outcomes() + (extra or [])
         if not outcomes:
             return
         try:
             self.link.transport.run(self.writer.pack(outcomes))
         except Exception:
-            self.restore_outcomes(outcomes)
+            self.held.restore_outcomes(outcomes)
             raise
-
-    def held(self) -> dict[str, list[str]]:
-        """Entry ids this process holds, by queue: buffered, running, decided."""
-        with self.lock:
-            items = [o.delivery for o in self.outcomes]
-            if self.current is not None:
-                items.append(self.current)
-            items += self.buffer
-        out: dict[str, list[str]] = {}
-        for d in items:
-            out.setdefault(d.queue, []).append(d.entry_id)
-        return out
 
     # -- recovery --------------------------------------------------------------------
     def _reclaim(self) -> None:
@@ -279,7 +228,7 @@ class Consumer:
         hb_ms = int(self.settings.heartbeat_s * 1000)
         rec = self.recovery
         live = self.link.registry.live(3 * hb_ms) | {self.worker_id}
-        held = self.held()
+        held = self.held.entry_ids()
         for q in self.queues:
             got = rec.guarded(q, rec.orphans, set(held.get(q, ())), 2 * hb_ms)
             got += rec.guarded(q, rec.of_dead_workers, live, 3 * hb_ms)
@@ -287,10 +236,4 @@ class Consumer:
             if got:
                 log.warning("Reclaimed %d message(s) on queue %s from dead consumers.",
                             len(got), q)
-                self.add(got)
-
-    def drop(self, queue: str, lost: set[str]) -> None:
-        """Forget buffered entries another worker reclaimed: it owns them now."""
-        with self.lock:
-            self.buffer = deque(d for d in self.buffer
-                                if not (d.queue == queue and d.entry_id in lost))
+                self.held.add(got)

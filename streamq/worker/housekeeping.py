@@ -14,13 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
+from ..base.settings import Settings
 from ..data.message import now_ms
-from ..data.outcome import Released
-
-if TYPE_CHECKING:
-    from .consumer import Consumer
+from ..data.outcome import Outcome, Released
+from ..server.link import ServerLink
+from ..server.recovery import Recovery
+from ..server.writer import OutcomeWriter
+from .held import Held
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +33,20 @@ _STARTED_AFTER_S = 0.02
 
 
 class Housekeeping:
-    def __init__(self, consumer: Consumer) -> None:
+    def __init__(self, held: Held, link: ServerLink, writer: OutcomeWriter,
+                 recovery: Recovery, settings: Settings, queues: list[str], consumer: str,
+                 flush: Callable[[], None], registration: tuple[str, dict[str, Any]] | None
+                 ) -> None:
+        self.held = held
+        self.link = link
+        self.writer = writer
+        self.recovery = recovery
+        self.settings = settings
+        self.queues = queues
         self.consumer = consumer
-        self.settings = consumer.settings
+        self.flush = flush
+        self.registration = registration
+        """(worker id, description) to heartbeat into the worker registry."""
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name="streamq-housekeeping")
@@ -48,60 +62,70 @@ class Housekeeping:
     def _loop(self) -> None:
         next_hb = next_promote = 0.0
         while not self._halt.wait(_TICK_S):
-            try:
-                now = time.monotonic()
-                self._release_if_stuck(now)
-                self._mark_started(now)
-                self._flush_if_stale(now)
-                if now >= next_promote:
-                    next_promote = now + self.settings.promote_interval_s
-                    for q in self.consumer.queues:
-                        self.consumer.link.delayed.promote(q, now_ms())
-                if now >= next_hb:
-                    next_hb = now + self.settings.heartbeat_s
-                    self._heartbeat()
-            except Exception as exc:  # keep the thread alive through server blips
-                log.warning("Housekeeping failed (will retry): %s", exc)
-                self._halt.wait(0.5)
+            now = time.monotonic()
+            # Each duty on its own: one that fails (a server blip) must not starve the
+            # others, least of all the heartbeat that keeps held entries ours.
+            self._duty(self._release_if_stuck, now)
+            self._duty(self._mark_started, now)
+            self._duty(self._flush_if_stale, now)
+            if now >= next_promote:
+                next_promote = now + self.settings.promote_interval_s
+                self._duty(self._promote, now)
+            if now >= next_hb and self._duty(self._heartbeat, now):
+                next_hb = now + self.settings.heartbeat_s
+
+    def _duty(self, duty: Callable[[float], None], now: float) -> bool:
+        try:
+            duty(now)
+            return True
+        except Exception as exc:
+            log.warning("Housekeeping (%s) failed, will retry: %s", duty.__name__.strip("_"),
+                        exc)
+            self._halt.wait(0.1)
+            return False
+
+    def _promote(self, _now: float) -> None:
+        for q in self.queues:
+            self.link.delayed.promote(q, now_ms())
 
     def _release_if_stuck(self, now: float) -> None:
-        c = self.consumer
-        with c.lock:
-            if c.current is None or not c.buffer or \
-                    now - c.current_since < self.settings.release_after_s:
+        h = self.held
+        with h.lock:
+            if h.current is None or not h.buffer or \
+                    now - h.current_since < self.settings.release_after_s:
                 return
-            items = [Released(d) for d in c.buffer]
-            c.buffer.clear()
-        c.link.transport.run(c.writer.pack(items))
+            items: list[Outcome] = [Released(d) for d in h.buffer]
+            h.buffer.clear()
+        self.link.transport.run(self.writer.pack(items))
         log.info("Handed back %d prefetched message(s).", len(items))
 
     def _mark_started(self, now: float) -> None:
-        c = self.consumer
+        h = self.held
         # Holding the lock while writing means the final record (held after the
         # consumer clears ``running``) can never be overwritten by STARTED.
-        with c.lock:
-            r = c.running
-            if r is None or r.delivery.entry_id == self._marked or now - r.since < _STARTED_AFTER_S:
+        with h.lock:
+            r = h.running
+            if r is None or r.delivery.entry_id == self._marked or \
+                    now - r.since < _STARTED_AFTER_S:
                 return
             self._marked = r.delivery.entry_id
-            c.link.records.mark_started(r.delivery.queue, r.task_id, c.name,
-                                        r.delivery.deliveries)
+            self.link.records.mark_started(r.delivery.queue, r.task_id, self.consumer,
+                                           r.delivery.deliveries)
 
     def _flush_if_stale(self, now: float) -> None:
-        c = self.consumer
-        with c.lock:
-            stale = bool(c.outcomes) and c.current is not None and \
-                now - c.outcomes_since >= _FLUSH_AGE_S
+        h = self.held
+        with h.lock:
+            stale = bool(h.outcomes) and h.current is not None and \
+                now - h.outcomes_since >= _FLUSH_AGE_S
         if stale:
-            c.flush()
+            self.flush()
 
-    def _heartbeat(self) -> None:
-        c = self.consumer
-        for q, ids in c.held().items():
-            lost = set(c.recovery.heartbeat(q, ids))
+    def _heartbeat(self, _now: float) -> None:
+        for q, ids in self.held.entry_ids().items():
+            lost = set(self.recovery.heartbeat(q, ids))
             if lost:
                 log.warning("%d message(s) on queue %s were reclaimed by another worker; "
                             "this process will not run them.", len(lost), q)
-                c.drop(q, lost)
-        if c.worker_info is not None:
-            c.link.registry.heartbeat(c.worker_id, c.worker_info)
+                self.held.drop(q, lost)
+        if self.registration is not None:
+            self.link.registry.heartbeat(*self.registration)
