@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..base.errors import ConfigurationError, StreamQError
+from ..data import record
 from ..data.record import Status
 from .common import app_from_options, stdout_console, url_option
 
@@ -32,16 +33,17 @@ def result(task_id: str, as_json: bool, url: str | None, namespace: str | None,
         info = res.info
     except StreamQError as exc:  # e.g. a result this process cannot decode
         raise StreamQError(f"cannot read the result of {task_id}: {exc}") from None
-    info = {"id": task_id, "status": info.get("status", Status.UNKNOWN.value), **info}
+    status = info.get(record.STATUS, Status.UNKNOWN.value)
+    info = {"id": task_id, record.STATUS: status, **info}
     if as_json:
         click.echo(json.dumps(info, indent=2, default=repr))
-        sys.exit(0 if info["status"] != Status.UNKNOWN else 1)
-    if info["status"] == Status.UNKNOWN:
+        sys.exit(0 if status != Status.UNKNOWN else 1)
+    if status == Status.UNKNOWN:
         raise StreamQError(f"no record for task {task_id} (never enqueued, forgotten or expired)")
-    tb = info.pop("traceback", "")
+    tb = info.pop(record.TRACEBACK, "")
     table = Table(show_header=False, title=Text(f"task {task_id}"))
     for k, v in info.items():
-        table.add_row(k, Text(repr(v) if k == "result" else str(v)))
+        table.add_row(k, Text(repr(v) if k == record.RESULT else str(v)))
     console = stdout_console()
     console.print(table)
     if tb:
