@@ -145,3 +145,42 @@ def fail_first(key: str) -> int:
     if n == 1:
         raise ValueError(f"first run of {key}")
     return n
+
+
+class Unprintable(Exception):  # noqa: N818 - named for what it does
+    """An exception whose ``str()`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception raises")
+
+
+@app.task
+def unprintable_error(key: str) -> None:
+    _incr(key)
+    raise Unprintable()
+
+
+@app.task
+def nested_result(key: str, depth: int) -> list[Any]:
+    """Returns a list nested ``depth`` deep (too deep for any encoder at 100,000)."""
+    _incr(key)
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@app.task
+def cyclic_result(key: str) -> list[Any]:
+    """Returns a list that contains itself."""
+    _incr(key)
+    value: list[Any] = []
+    value.append(value)
+    return value
+
+
+@app.task(max_retries=3)
+def infinite_countdown(key: str) -> None:
+    """Asks for a retry after an infinite countdown."""
+    _incr(key)
+    raise Retry(countdown=float("inf"))

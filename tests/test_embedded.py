@@ -11,9 +11,11 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,7 +157,8 @@ def test_socket_location(project: Path) -> None:
         assert not record.exists()
     else:
         assert len(os.fsencode(project.resolve() / ".streamq" / "valkey.sock")) > 100
-        assert sock.parent == Path(tempfile.gettempdir())
+        assert sock.parent == Path(tempfile.gettempdir()) / f"streamq-{os.getuid()}"
+        assert (sock.parent.stat().st_mode & 0o777) == 0o700
         assert sock.name.startswith("streamq-")
         assert Path(record.read_text().strip()) == sock
     assert (sock.stat().st_mode & 0o777) == 0o700
@@ -265,6 +268,7 @@ def test_stale_socket_file_without_any_server(project: Path) -> None:
     # A socket file nobody listens on, as if left by a crash before the machine rebooted.
     sock_path = _default_socket(project.resolve())
     (project / ".streamq").mkdir()
+    sock_path.parent.mkdir(mode=0o700, exist_ok=True)
     with socket.socket(socket.AF_UNIX) as stale:
         stale.bind(str(sock_path))
     assert sock_path.is_socket()
@@ -369,3 +373,147 @@ def test_foreground_refuses_while_a_background_server_runs(
     url = embedded_url(project, announce=lambda line: None)
     assert run_server_foreground(project) == 1
     assert url in capsys.readouterr().err
+
+
+NOBODY = 65534  # "another local user": the tests run as root, so they can chown to it
+
+
+@pytest.fixture
+def own_tempdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temp dir of the test's own, so squatting it leaves the real per-user dir alone."""
+    path = Path(tempfile.mkdtemp(prefix="sq-", dir="/tmp"))  # short: the socket must fit
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class _FakeServer:
+    """Another user's "server" on a unix socket: answers +PONG to anything, counts connections."""
+
+    def __init__(self, path: Path) -> None:
+        self.connections = 0
+        self._sock = socket.socket(socket.AF_UNIX)
+        self._sock.bind(str(path))
+        self._sock.listen(8)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(2)
+                while conn.recv(65536):
+                    conn.sendall(b"+PONG\r\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join(5)
+
+
+def _assert_refused(excinfo: pytest.ExceptionInfo[EmbeddedServerError], path: Path) -> None:
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert str(path) in message and "STREAMQ_URL" in message
+
+
+@pytest.mark.parametrize("squat", ["socket-owner", "dir-owner", "dir-mode-0777"])
+def test_a_socket_another_user_could_have_placed_is_refused(
+    project: Path, own_tempdir: Path, squat: str
+) -> None:
+    # Another user got there first: a listening socket at the path streamq would use.
+    sock = _default_socket(project.resolve())
+    if sock.parent != own_tempdir:  # the per-user temp dir, or .streamq/ for a short path
+        sock.parent.mkdir(mode=0o700)
+    fake = _FakeServer(sock)
+    try:
+        if squat == "socket-owner":
+            os.chown(sock, NOBODY, NOBODY)
+            culprit = sock
+        elif squat == "dir-owner":
+            os.chown(sock.parent, NOBODY, NOBODY)
+            culprit = sock.parent
+        else:
+            os.chmod(sock.parent, 0o777)
+            culprit = sock.parent
+        for call in (embedded_url, stop_embedded):
+            with pytest.raises(EmbeddedServerError) as excinfo:
+                call(project)  # type: ignore[operator]
+            _assert_refused(excinfo, culprit)
+        assert fake.connections == 0  # refused on ownership, without connecting
+        assert not _server_pids(project) if ON_PROC else True
+    finally:
+        fake.close()
+        sock.unlink()
+        _kill_leftovers(project)
+        if sock.parent != own_tempdir:
+            shutil.rmtree(sock.parent)
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o777], ids=["owner-nobody", "mode-0777"])
+def test_a_squatted_socket_dir_is_refused_before_starting(
+    project: Path, own_tempdir: Path, mode: int
+) -> None:
+    # The directory the socket would go into exists already, empty, but is not ours alone.
+    sock = _default_socket(project.resolve())
+    if sock.parent == own_tempdir:
+        sock = own_tempdir / f"streamq-{os.getuid()}" / sock.name  # where it must go now
+    sock.parent.mkdir()
+    os.chmod(sock.parent, mode)
+    if mode == 0o700:
+        os.chown(sock.parent, NOBODY, NOBODY)
+    try:
+        with pytest.raises(EmbeddedServerError) as excinfo:
+            embedded_url(project, announce=lambda line: None)
+        _assert_refused(excinfo, sock.parent)
+        assert not sock.exists()
+        if ON_PROC:
+            assert not _server_pids(project)
+    finally:
+        _kill_leftovers(project)  # what the code before this check started there
+        shutil.rmtree(sock.parent)
+
+
+def _assert_private(path: Path) -> None:
+    st = path.lstat()
+    assert st.st_uid == os.getuid(), path
+    assert st.st_mode & 0o077 == 0, f"{path} has mode {stat.filemode(st.st_mode)}"
+
+
+@pytest.mark.parametrize("state_dir", ["new", "existing-0755"])
+def test_the_state_is_private_to_the_user(project: Path, state_dir: str) -> None:
+    state = project / ".streamq"
+    if state_dir == "existing-0755":  # as created by an earlier streamq under umask 022
+        state.mkdir(mode=0o755)
+        os.chmod(state, 0o755)
+    url = embedded_url(project, announce=lambda line: None)
+    client = _client(url)
+    try:
+        client.set("k", "v")
+        client.bgrewriteaof()  # a fresh base file and manifest, as after a long uptime
+        deadline = time.monotonic() + 10
+        while client.info("persistence")["aof_rewrite_in_progress"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        client.xadd("jobs", {"args": "secret"})  # in the AOF file before the reply
+    finally:
+        client.close()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    aof_dir = state / "appendonlydir"
+    aofs = list(aof_dir.iterdir())
+    assert any(f.name.endswith(".incr.aof") and f.stat().st_size for f in aofs), aofs
+    files = [*state.iterdir(), *aofs]
+    assert {"valkey.conf", "valkey.log", "valkey.pid", "lock"} <= {f.name for f in files}
+    for path in files:
+        _assert_private(path)
+    sock = _socket_file(url)
+    _assert_private(sock.parent)
+    _assert_private(sock)

@@ -279,18 +279,24 @@ def test_time_limit_kills_retries_then_fails(app: StreamQ, start_worker: Any) ->
     assert w.stop() == 0
 
 
-def test_sigterm_grace_expired_task_stays_pending_and_is_recovered(
+def test_sigterm_grace_expired_task_is_handed_back_uncharged_and_recovered(
         app: StreamQ, start_worker: Any) -> None:
+    """A deploy whose grace period a long task outlasts: the killed task goes back to
+    its queue without a delivery charged (six deploys used to make it "poison")."""
     w1 = start_worker(app.settings.url, "-c", "1", "--grace", "0.5", *FAST)
     res = tasks.sleep_then_count.delay("grace", 3.0)
     wait_until(lambda: tasks.count_of("grace") == 1, message="task started")
     w1.signal(signal.SIGTERM)
     assert w1.proc.wait(20) == 0
     assert res.status != "SUCCESS"
-    assert app.server.connection.client.xpending(_stream(app), keys.GROUP)["pending"] == 1
+    client = app.server.connection.client
+    assert client.xpending(_stream(app), keys.GROUP)["pending"] == 0
+    assert client.xlen(_stream(app)) == 1  # back in the stream, as a new entry
+    assert "handed their 1 unfinished message(s) back" in w1.output()
     w2 = start_worker(app.settings.url, "-c", "1", *FAST)
     assert res.get(timeout=30) == 2
     assert tasks.count_of("grace") == 2
+    assert res.info["deliveries"] == 1
     assert w2.stop() == 0
 
 
@@ -304,7 +310,9 @@ def test_second_sigint_exits_at_once_losing_nothing(app: StreamQ, start_worker: 
     w1.signal(signal.SIGINT)
     w1.proc.wait(10)
     assert time.monotonic() - t0 < 5
-    assert app.server.connection.client.xpending(_stream(app), keys.GROUP)["pending"] == 1
+    client = app.server.connection.client
+    assert client.xpending(_stream(app), keys.GROUP)["pending"] == 0
+    assert client.xlen(_stream(app)) == 1  # handed back uncharged, nothing lost
     tasks.app.configure(heartbeat_s=0.2)
     w2 = start_worker(app.settings.url, "-c", "1", *FAST)
     wait_until(lambda: tasks.count_of("int") == 2, timeout=20, message="task re-run")

@@ -5,6 +5,10 @@ With no Redis URL configured, the first streamq process in a directory starts th
 with its state (config, AOF, log, pid) in ``<project>/.streamq/``. It outlives that
 process; later ones find it through the socket. An exclusive ``flock`` on
 ``.streamq/lock`` makes concurrent first starts launch exactly one server.
+
+Only its user may reach it: ``.streamq/`` is 0700 and the server runs under umask
+077, a socket too long for ``.streamq/`` goes into a 0700 per-user temp dir, and a
+socket, or a directory it is in, that another user could have put there is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -68,7 +73,7 @@ def _default_socket(project: Path) -> Path:
     if len(os.fsencode(local)) <= _MAX_SOCKET_PATH:
         return local
     digest = hashlib.sha1(os.fsencode(project)).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"streamq-{digest}.sock"
+    return Path(tempfile.gettempdir()) / f"streamq-{os.getuid()}" / f"streamq-{digest}.sock"
 
 
 def _socket_path(project: Path) -> Path:
@@ -77,6 +82,68 @@ def _socket_path(project: Path) -> Path:
         return Path((project / STATE_DIR / "socket").read_text().strip())
     except OSError:
         return _default_socket(project)
+
+
+def _refused(path: Path, problem: str) -> EmbeddedServerError:
+    return EmbeddedServerError(
+        f"refusing {path}: it {problem}, so another user could be listening there; "
+        "remove it, or set STREAMQ_URL to use another server"
+    )
+
+
+def _private_dir(path: Path, *, create: bool) -> bool:
+    """Whether ``path`` exists as a directory that only this user can write to; else raise.
+
+    With ``create``, for the directories streamq names: make it 0700 if missing, and
+    tighten an existing one of ours that others can read (``.streamq/`` from before).
+    """
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refused(path, "is a symlink or not a directory")
+    if st.st_uid != os.getuid():
+        raise _refused(path, f"belongs to uid {st.st_uid}, not to you (uid {os.getuid()})")
+    if st.st_mode & 0o022:
+        raise _refused(path, f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})")
+    if create and st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return True
+
+
+def _usable(sock: Path) -> bool:
+    """Whether ``sock`` exists and is this user's to connect to; raise if it may be another's."""
+    try:
+        parent = os.lstat(sock.parent)
+    except FileNotFoundError:
+        return False
+    # In a sticky dir of root's or ours (an older streamq's /tmp socket) nobody else can
+    # replace a file of ours, so its owner is all that counts; elsewhere the dir's too.
+    if not (parent.st_mode & stat.S_ISVTX and parent.st_uid in (0, os.getuid())):
+        _private_dir(sock.parent, create=False)
+    try:
+        st = os.lstat(sock)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+        raise _refused(sock, f"is not a socket of yours (owner uid {st.st_uid})")
+    return True
+
+
+def _open_private(path: Path, *, append: bool = False) -> int:
+    """Open ``path`` for writing, 0600 even if it existed with looser permissions."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def _write_private(path: Path, text: str) -> None:
+    with open(_open_private(path), "w") as out:
+        out.write(text)
 
 
 def _url(sock: Path) -> str:
@@ -140,8 +207,8 @@ def _pid_alive(pid: int) -> bool:
 @contextlib.contextmanager
 def _locked(state: Path) -> Iterator[None]:
     # Held only while a server is started or stopped, so waiting for it is short.
-    state.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)  # not inheritable
+    _private_dir(state, create=True)
+    fd = _open_private(state / "lock", append=True)  # not inheritable
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -151,7 +218,7 @@ def _locked(state: Path) -> Iterator[None]:
 
 def _running(sock: Path) -> bool:
     """Whether a server answers on ``sock``; call with the lock held."""
-    reply = _call(sock, "PING")
+    reply = _call(sock, "PING") if _usable(sock) else None
     if reply is None:
         return False
     if not reply:  # starting another would steal its socket path from under it
@@ -174,23 +241,29 @@ def _spawn(project: Path, *, daemonize: bool) -> tuple[subprocess.Popen[bytes], 
     if sock.parent == state:
         (state / "socket").unlink(missing_ok=True)
     else:
-        (state / "socket").write_text(f"{sock}\n")
+        _private_dir(sock.parent, create=True)
+        _write_private(state / "socket", f"{sock}\n")
     sock.unlink(missing_ok=True)  # left behind by a server that died
     (state / "valkey.pid").unlink(missing_ok=True)
     conf, log = state / "valkey.conf", state / "valkey.log"
-    conf.write_text(
+    _write_private(
+        conf,
         "# Written by streamq at every start of the embedded server; edits are lost.\n"
         f"port 0\nunixsocket {_q(sock)}\nunixsocketperm 700\ndir {_q(state)}\n"
         f"pidfile {_q(state / 'valkey.pid')}\nlogfile {_q(log)}\n"
         f"daemonize {'yes' if daemonize else 'no'}\nappendonly yes\nappendfsync everysec\n"
-        'save ""\nmaxmemory-policy noeviction\n'
+        'save ""\nmaxmemory-policy noeviction\n',
     )
-    with open(log, "ab") as out:  # gets what it prints before it reads its logfile setting
+    out = _open_private(log, append=True)  # gets what it prints before it reads its logfile setting
+    try:
         # A session of its own: a terminal's Ctrl-C or hang-up must not reach it directly.
+        # umask 077: its AOF, pid and rewritten files are for this user only.
         proc = subprocess.Popen(
             [binary, conf], cwd=state, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
+            stderr=subprocess.STDOUT, close_fds=True, start_new_session=True, umask=0o077,
         )  # fmt: skip
+    finally:
+        os.close(out)
     return proc, sock, log
 
 
@@ -218,7 +291,7 @@ def embedded_url(
     """
     project = _project(project_dir)
     sock = _socket_path(project)
-    if (_call(sock, "PING") or b"").startswith(b"+PONG"):
+    if _usable(sock) and (_call(sock, "PING") or b"").startswith(b"+PONG"):
         return _url(sock)
     state = project / STATE_DIR
     with _locked(state):
@@ -292,7 +365,7 @@ def stop_embedded(project_dir: PathArg = None, timeout: float = 30.0) -> bool:
     """
     project = _project(project_dir)
     sock = _socket_path(project)
-    if _call(sock, "PING") is None:
+    if not _usable(sock) or _call(sock, "PING") is None:
         return False
     with _locked(project / STATE_DIR):
         pid = _info(sock).get("process_id", "")

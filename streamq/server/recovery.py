@@ -50,11 +50,32 @@ class Recovery:
             self.broker.recreate_groups([queue])
             return []
 
-    def own(self, queue: str) -> list[Delivery]:
+    def own(self, queue: str, charge: str | None = None) -> list[Delivery]:
+        """Entries still pending under this consumer's name. Only ``charge`` (the one a
+        crashed predecessor was working on) counts one more delivery: the others
+        never started, and charging them would send a whole prefetched batch to dead
+        letters after a few fast crashes."""
+        stream = self._stream(queue)
         # Any: redis-py types every value of an entry as bytes | str | int.
         pending: list[dict[str, Any]] = self.client.xpending_range(
-            self._stream(queue), keys.GROUP, "-", "+", 1000, consumername=self.consumer)
-        return self._claim(queue, [as_str(p["message_id"]) for p in pending], 0)
+            stream, keys.GROUP, "-", "+", 1000, consumername=self.consumer)
+        ids = [as_str(p["message_id"]) for p in pending]
+        charged = self._claim(queue, [charge], 0) if charge in ids and charge else []
+        rest = [i for i in ids if i != charge]
+        if not rest:
+            return charged
+        # JUSTID leaves the delivery counter alone; the messages are read with XRANGE.
+        self.client.xclaim(stream, keys.GROUP, self.consumer, 0, rest,  # type: ignore[arg-type]
+                           justid=True)
+        pipe = self.client.pipeline(transaction=False)
+        for i in rest:
+            pipe.xrange(stream, i, i)
+        counts = {as_str(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        out = []
+        for i, found in zip(rest, pipe.execute(), strict=True):
+            fields = found[0][1] if found else None
+            out.append(Delivery(queue, i, entry_message(fields), counts.get(i, 1)))
+        return out + charged  # the suspect last: the others need not wait on it
 
     def orphans(self, queue: str, held: set[str], min_idle_ms: int) -> list[Delivery]:
         stale: list[dict[str, Any]] = self.client.xpending_range(

@@ -45,6 +45,7 @@ class Consumer:
                  prefetch: int | None = None, block_ms: int | None = None,
                  limits: LimitSlot | None = None,
                  timed_out: tuple[str, str, float] | None = None,
+                 charge: tuple[str, str] | None = None,
                  worker_info: dict[str, Any] | None = None) -> None:
         self.app = app
         self.settings = settings = app.settings
@@ -66,6 +67,8 @@ class Consumer:
         self.recovery = Recovery(link.transport, link.broker, settings, name, self.prefetch)
         self.limits = limits
         self.timed_out = timed_out
+        self.charge = charge
+        """(queue, entry id) a crashed predecessor was working on: charged a delivery."""
         self.stopping = False
         self.held = Held()
         self._housekeeping: Housekeeping | None = None
@@ -78,7 +81,8 @@ class Consumer:
         for q in self.queues:
             self.broker.ensure_group(q)
         for q in self.queues:
-            got = self.recovery.guarded(q, self.recovery.own)
+            charge = self.charge[1] if self.charge and self.charge[0] == q else None
+            got = self.recovery.guarded(q, self.recovery.own, charge)
             if got:
                 log.info("Recovered %d pending message(s) of consumer %s on queue %s.",
                          len(got), self.name, q)
@@ -87,7 +91,8 @@ class Consumer:
             self._housekeeping = Housekeeping(
                 self.held, self.link, self.writer, self.recovery, self.settings, self.queues,
                 self.name, self.flush,
-                None if self.worker_info is None else (self.worker_id, self.worker_info))
+                None if self.worker_info is None else (self.worker_id, self.worker_info),
+                lambda: self.stopping)
             self._housekeeping.start()
 
     def run(self) -> None:
@@ -134,6 +139,8 @@ class Consumer:
             d = held.next()
             if d is None:
                 break
+            if self.limits is not None:
+                self.limits.current(d.queue, d.entry_id)
             timed_out = None
             if self.timed_out and (d.queue, d.entry_id) == self.timed_out[:2]:
                 timed_out, self.timed_out = self.timed_out[2], None
@@ -143,6 +150,8 @@ class Consumer:
             else:
                 outcome = prepared
                 self._emit(outcome, None)
+                if self.limits is not None:
+                    self.limits.finish()
             done += 1
             if held.decided(outcome) >= _FLUSH_SIZE:
                 self.flush()
@@ -160,14 +169,14 @@ class Consumer:
         with held.lock:
             held.running = Running(d, msg.id, held.current_since)
         if self.limits is not None:
-            self.limits.begin(d.queue, d.entry_id, call.task.options.timeout)
+            self.limits.begin(call.task.options.timeout)
         try:
             outcome = self.executor.run(call)
         finally:
             # Before the outcome is held: whoever watches the running task (time limit,
             # STARTED marker) must see it finished first.
             if self.limits is not None:
-                self.limits.end()
+                self.limits.finish()
             with held.lock:
                 held.running = None
         self._emit(outcome, call)

@@ -35,8 +35,8 @@ _STARTED_AFTER_S = 0.02
 class Housekeeping:
     def __init__(self, held: Held, link: ServerLink, writer: OutcomeWriter,
                  recovery: Recovery, settings: Settings, queues: list[str], consumer: str,
-                 flush: Callable[[], None], registration: tuple[str, dict[str, Any]] | None
-                 ) -> None:
+                 flush: Callable[[], None], registration: tuple[str, dict[str, Any]] | None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.held = held
         self.link = link
         self.writer = writer
@@ -46,6 +46,7 @@ class Housekeeping:
         self.consumer = consumer
         self.flush = flush
         self.registration = registration
+        self.stopping = stopping
         """(worker id, description) to heartbeat into the worker registry."""
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True,
@@ -91,8 +92,11 @@ class Housekeeping:
     def _release_if_stuck(self, now: float) -> None:
         h = self.held
         with h.lock:
-            if h.current is None or not h.buffer or \
-                    now - h.current_since < self.settings.release_after_s:
+            # Stuck behind a long task, or stopping (a deploy): if the grace period runs
+            # out, only the running task may be killed with its entry still pending.
+            if h.current is None or not h.buffer or (
+                    now - h.current_since < self.settings.release_after_s
+                    and not self.stopping()):
                 return
             items: list[Outcome] = [Released(d) for d in h.buffer]
             h.buffer.clear()

@@ -1,6 +1,8 @@
-"""What a worker process shares with its supervisor: the running entry and its
-deadline, in shared memory, so the supervisor can kill a task past its ``timeout``
-without asking the process (which may be stuck in that very task)."""
+"""What a worker process shares with its supervisor, in shared memory: the entry it
+works on, and the deadline of the task it runs. The supervisor kills a task past its
+``timeout`` without asking the process (which may be stuck in that very task), and
+after a crash it knows which entry was being worked on: the only one to charge a
+delivery for."""
 
 from __future__ import annotations
 
@@ -16,23 +18,34 @@ class LimitSlot:
 
     def __init__(self, ctx: Any) -> None:
         self.deadline = ctx.RawValue(ctypes.c_double, 0.0)  # monotonic; 0 = none
-        self.running = ctx.RawArray(ctypes.c_char, _INFO_BYTES)  # b"queue\nentry\ntimeout"
+        self.timeout = ctx.RawValue(ctypes.c_double, 0.0)
+        self.running = ctx.RawArray(ctypes.c_char, _INFO_BYTES)  # b"queue\nentry id\0"
 
-    def begin(self, queue: str, entry_id: str, timeout_s: float | None) -> None:
+    def current(self, queue: str, entry_id: str) -> None:
+        """The process took this entry (before decoding it: a message that kills its
+        process while being decoded is charged too)."""
+        info = f"{queue}\n{entry_id}".encode()[:_INFO_BYTES - 1] + b"\x00"
+        self.running[:len(info)] = info
+
+    def begin(self, timeout_s: float | None) -> None:
+        """The current entry's task starts; its deadline, if it has a timeout."""
         if timeout_s:
-            info = f"{queue}\n{entry_id}\n{timeout_s}".encode()[:_INFO_BYTES - 1]
-            self.running.raw = info + b"\x00" * (_INFO_BYTES - len(info))
+            self.timeout.value = timeout_s
             self.deadline.value = time.monotonic() + timeout_s
 
-    def end(self) -> None:
+    def finish(self) -> None:
+        """No entry is being worked on."""
         self.deadline.value = 0.0
+        self.running[0] = b"\x00"
 
     def expired(self, now: float) -> bool:
         deadline = self.deadline.value
         return bool(deadline) and now > deadline
 
-    def entry(self) -> tuple[str, str, float]:
-        """(queue, entry id, timeout) of the task that has the deadline."""
+    def entry(self) -> tuple[str, str, float] | None:
+        """(queue, entry id, timeout) of the entry being worked on, if any."""
         raw = bytes(self.running.raw).split(b"\x00", 1)[0].decode()
-        queue, entry_id, timeout = (raw.split("\n") + ["", "", "0"])[:3]
-        return queue, entry_id, float(timeout or 0)
+        if "\n" not in raw:
+            return None
+        queue, entry_id = raw.split("\n", 1)
+        return queue, entry_id, float(self.timeout.value)

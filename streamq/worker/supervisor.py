@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..base.ids import new_worker_id
 from ..data.message import now_ms
+from ..data.outcome import Released
+from ..server.recovery import Recovery
+from ..server.writer import OutcomeWriter
 from . import metrics
 from .limits import LimitSlot
 
@@ -46,6 +49,9 @@ class _Slot:
     crashes: int = 0
     respawn_at: float = 0.0
     timed_out: tuple[str, str, float] | None = None
+    charge: tuple[str, str] | None = None
+    """The entry a crashed process was working on: its replacement charges it a
+    delivery; the other entries it held go back uncharged."""
 
 
 def _pid(proc: BaseProcess) -> int:
@@ -165,6 +171,8 @@ class Supervisor:
         if os.environ.get(metrics.ENV):
             metrics.mark_process_dead(_pid(proc))
         if slot.timed_out is None:
+            working = slot.limits.entry()
+            slot.charge = working[:2] if working else None
             log.error("Worker process %d (consumer %s) died with exit code %s; replacing it "
                       "and re-delivering its messages.", proc.pid, slot.consumer, code)
         self.restarts += 1
@@ -178,21 +186,23 @@ class Supervisor:
 
     def _kill_for_timeout(self, slot: _Slot) -> None:
         assert slot.process is not None
-        queue, entry_id, timeout = slot.limits.entry()
+        queue, entry_id, timeout = slot.limits.entry() or ("?", "?", 0.0)
         log.error("Task in message %s (queue %s) exceeded its time limit of %gs; killing "
                   "process %d.", entry_id, queue, timeout, slot.process.pid)
         slot.timed_out = (queue, entry_id, timeout)
-        slot.limits.end()
+        slot.charge = (queue, entry_id)
+        slot.limits.finish()
         os.kill(_pid(slot.process), signal.SIGKILL)
         slot.process.join(5)
 
     def _spawn(self, slot: _Slot) -> None:
         timed_out, slot.timed_out = slot.timed_out, None
-        slot.limits.end()
+        charge, slot.charge = slot.charge, None
+        slot.limits.finish()
         proc = self._ctx.Process(
             target=_child_main, name=f"streamq-worker-{slot.index}",
             args=(self.app, self.queues, slot.consumer, self.worker_id, self.prefetch,
-                  slot.limits, timed_out, self.worker_info),
+                  slot.limits, timed_out, charge, self.worker_info),
             daemon=False,
         )
         # Signals are blocked across the fork so one arriving before the child has
@@ -214,18 +224,40 @@ class Supervisor:
             if not any(s.process is not None and s.process.is_alive() for s in self._slots):
                 break
             time.sleep(0.02)
-        forced = False
+        forced = []
         for slot in self._slots:
             if slot.process is not None and slot.process.is_alive():
-                forced = True
+                forced.append(slot)
                 os.kill(_pid(slot.process), signal.SIGKILL)
             if slot.process is not None:
                 slot.process.join(5)
         if forced:
-            log.warning("Killed processes still running at the end of the grace period; their "
-                        "messages stay pending and will be re-delivered.")
+            n = sum(self._hand_back(slot) for slot in forced)
+            log.warning("Killed processes still running at the end of the grace period; "
+                        "handed their %d unfinished message(s) back to the queue, uncharged.",
+                        n)
         log.info("Worker %s stopped.", self.worker_id)
         return 0
+
+    def _hand_back(self, slot: _Slot) -> int:
+        """Put a killed process's unfinished entries back as new ones, without a
+        delivery charged: a deploy that outlasts a long task must not make it look
+        like poison. If the server is unreachable they stay pending and are
+        reclaimed (charged) later."""
+        link, settings = self.app.server, self.app.settings
+        recovery = Recovery(link.transport, link.broker, settings, slot.consumer, 1000)
+        writer = OutcomeWriter(settings, slot.consumer)
+        n = 0
+        try:
+            for q in self.queues:
+                got = recovery.guarded(q, recovery.own)
+                if got:
+                    link.transport.run(writer.pack([Released(d) for d in got]))
+                    n += len(got)
+        except Exception as exc:
+            log.warning("Could not hand back the messages of consumer %s (they stay "
+                        "pending and will be reclaimed): %s", slot.consumer, exc)
+        return n
 
     def _deregister(self) -> None:
         try:
@@ -236,7 +268,8 @@ class Supervisor:
 
 def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: str,
                 prefetch: int | None, limits: LimitSlot,
-                timed_out: tuple[str, str, float] | None, worker_info: dict[str, Any]) -> None:
+                timed_out: tuple[str, str, float] | None, charge: tuple[str, str] | None,
+                worker_info: dict[str, Any]) -> None:
     from .consumer import Consumer
     from .logs import log_hooks
 
@@ -247,7 +280,8 @@ def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: 
         app.add_hook(metrics.MetricsHook())
     # Signals are still blocked (see _spawn): build, install handlers, then unblock.
     consumer = Consumer(app, queues, consumer_name, worker_id=worker_id, prefetch=prefetch,
-                        limits=limits, timed_out=timed_out, worker_info=worker_info)
+                        limits=limits, timed_out=timed_out, charge=charge,
+                        worker_info=worker_info)
 
     def stop(_signum: int, _frame: Any) -> None:
         consumer.stopping = True

@@ -12,9 +12,9 @@
 --   'H' entry, message                                (hand back, as a new entry)
 -- Invariants: a record is complete before its completion is pushed and before its
 -- entry is acknowledged, so a waiter that wakes finds it final and a refused write
--- acknowledges nothing; a retry, dead letter or hand-back happens only while the
--- entry is still this consumer's (another that reclaimed it owns its fate), and
--- moves the message into exactly one place.
+-- acknowledges nothing; an acknowledgement, retry, dead letter or hand-back happens
+-- only while the entry is still this consumer's (another that reclaimed it owns its
+-- fate), and moves the message into exactly one place.
 -- Returns the number of outcomes written.
 local group, consumer, worker = ARGV[1], ARGV[2], ARGV[3]
 local ttl, done_ttl = ARGV[4], ARGV[5]
@@ -97,7 +97,32 @@ while pos <= #ARGV do
   n = n + 1
 end
 if #acks > 0 then
-  redis.call('XACK', stream, group, unpack(acks))
-  redis.call('XDEL', stream, unpack(acks))
+  -- Acknowledge only entries still ours: one that another consumer reclaimed (this
+  -- process was presumed dead) is that consumer's to finish. One XPENDING over the
+  -- range of the batch answers for all of them.
+  local function parse(id)
+    local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+    return tonumber(ms), tonumber(seq)
+  end
+  local lo, hi = acks[1], acks[1]
+  local lo_ms, lo_seq = parse(lo)
+  local hi_ms, hi_seq = lo_ms, lo_seq
+  for i = 2, #acks do
+    local ms, seq = parse(acks[i])
+    if ms < lo_ms or (ms == lo_ms and seq < lo_seq) then lo, lo_ms, lo_seq = acks[i], ms, seq end
+    if ms > hi_ms or (ms == hi_ms and seq > hi_seq) then hi, hi_ms, hi_seq = acks[i], ms, seq end
+  end
+  local ours = {}
+  for _, p in ipairs(redis.call('XPENDING', stream, group, lo, hi, #acks + 10000, consumer)) do
+    ours[p[1]] = true
+  end
+  local owned = {}
+  for _, id in ipairs(acks) do
+    if ours[id] then owned[#owned + 1] = id end
+  end
+  if #owned > 0 then
+    redis.call('XACK', stream, group, unpack(owned))
+    redis.call('XDEL', stream, unpack(owned))
+  end
 end
 return n
