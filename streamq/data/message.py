@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from json.encoder import encode_basestring as _quote
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..base.errors import DecodeError
 
@@ -65,19 +66,28 @@ class Message(NamedTuple):
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Message:
-        """Parse an encoded message; anything malformed raises ``DecodeError``."""
+        """Parse an encoded message; anything malformed raises ``DecodeError`` (whatever
+        the error: an entry nested too deeply or holding ``Infinity`` included), whose
+        message says in one line what was wrong.
+
+        The body is not checked here: the decoding of the arguments refuses a body that
+        is not a string (``serialization.loads``), and says so."""
         try:
             doc = _decode_json(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
             get = doc.get
             body = doc["body"]
             if get("b64"):
                 body = base64.b64decode(body)
+            retries = int(get("retries", 0))
+            if retries < 0:
+                raise ValueError("negative retries")
             # Positional: this runs once per task, and keywords cost a third more.
             return cls(str(doc["id"]), str(doc["task"]), str(doc["queue"]), str(doc["ct"]),
-                       str(doc["ce"]), body, int(get("retries", 0)), int(get("enq_ms", 0)),
+                       str(doc["ce"]), body, retries, int(get("enq_ms", 0)),
                        get("eta_ms"), get("error"), int(get("v", SCHEMA_VERSION)))
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            raise DecodeError(f"malformed message envelope: {exc!r}", raw) from exc
+        except Exception as exc:
+            raise DecodeError(f"malformed message envelope: {_explain(raw, exc)}", raw) \
+                from exc
 
     def with_retry(self, error: str | None, eta_ms: int | None) -> Message:
         return self._replace(retries=self.retries + 1, last_error=error, eta_ms=eta_ms)
@@ -87,11 +97,93 @@ class Message(NamedTuple):
         return self._replace(retries=0, last_error=None, eta_ms=None)
 
 
-def peek_ids(raw: bytes | str) -> tuple[str | None, str | None]:
-    """Best-effort (task id, task name) from a raw entry that may not decode."""
+# The head ``Message.encode`` writes: version, id and task come first.
+_HEAD = re.compile(r'\{"v":\d{1,9},"id":("(?:[^"\\]|\\.){1,512}?"),'
+                   r'"task":("(?:[^"\\]|\\.){1,512}?")[,}]')
+_HEAD_CHARS = 2200
+
+
+def peek_ids(raw: bytes | str, *, parse: bool = True) -> tuple[str | None, str | None]:
+    """Best-effort (task id, task name) from a raw entry that may not decode: from the
+    parsed document, else from the head streamq writes (a bounded match that never
+    parses the rest); only the head with ``parse=False``, for an entry that must not
+    be decoded again."""
+    if parse:
+        try:
+            doc = json.loads(raw)
+            tid, name = doc.get("id"), doc.get("task")
+            if isinstance(tid, str) and isinstance(name, str):
+                return tid or None, name or None
+        except Exception:  # noqa: S110 - the head below is the fallback
+            pass
+    try:
+        head = raw[:_HEAD_CHARS]
+        match = _HEAD.match(head.decode("utf-8", "replace") if isinstance(head, bytes)
+                            else head)
+        if match is None:
+            return None, None
+        tid, name = json.loads(match[1]), json.loads(match[2])
+        return tid or None, name or None
+    except Exception:
+        return None, None
+
+
+def kind_of(value: Any) -> str:
+    """A decoded JSON value's kind, as JSON names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (never raises)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _explain(raw: bytes | str, exc: Exception) -> str:
+    """One line saying what is wrong with an envelope that did not decode (the error
+    path only: it parses the entry again)."""
+    if isinstance(exc, RecursionError):
+        return f"nested too deeply ({exc})"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 ({exc})"
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding it (MemoryError)"
     try:
         doc = json.loads(raw)
-        return (str(doc.get("id")) if doc.get("id") else None,
-                str(doc.get("task")) if doc.get("task") else None)
-    except (ValueError, TypeError, AttributeError):
-        return None, None
+    except Exception:
+        return f"not JSON ({type(exc).__name__}: {exc})"
+    if not isinstance(doc, dict):
+        return f"not a JSON object but {kind_of(doc)}"
+    missing = [f for f in ("id", "task", "queue", "ct", "ce", "body") if f not in doc]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    for field in ("retries", "enq_ms", "v"):
+        value = doc.get(field, 0)
+        try:
+            number = int(value)
+        except Exception as bad:
+            return (f"field {field!r} is not an integer: {short_repr(value)} "
+                    f"({type(bad).__name__}: {bad})")
+        if field == "retries" and number < 0:
+            return f"field 'retries' is negative: {short_repr(value)}"
+    if doc.get("b64"):
+        body = doc["body"]
+        if not isinstance(body, str):
+            return f"field 'body' is {kind_of(body)}, not a string"
+        return f"field 'body' is not valid base64 ({type(exc).__name__}: {exc})"
+    return f"{type(exc).__name__}: {exc}"

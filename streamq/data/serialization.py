@@ -15,11 +15,10 @@ from typing import Any
 import cloudpickle
 from kombu import serialization as _kombu
 from kombu.exceptions import ContentDisallowed
-from kombu.exceptions import DecodeError as _KombuDecodeError
-from kombu.exceptions import EncodeError as _KombuEncodeError
 from kombu.utils import json as _kombu_json
 
 from ..base.errors import ConfigurationError, DecodeError, EncodeError
+from .message import kind_of
 
 CLOUDPICKLE_CONTENT_TYPE = "application/x-cloudpickle"
 
@@ -60,18 +59,25 @@ def accept_content_types(serializers: Iterable[str]) -> set[str]:
     return {content_type_of(s) for s in serializers}
 
 
-def _offending_type(value: Any) -> str | None:
-    """Find the first value kombu's JSON encoder refused, for a precise message."""
+def _offending_type(value: Any, limit: int = 100_000) -> str | None:
+    """Find the first value kombu's JSON encoder refused, for a precise message (the
+    error path only; each container is visited once, so a cycle ends the walk)."""
     from kombu.utils.json import dumps as kombu_json_dumps
 
     stack = [value]
-    while stack:
+    seen: set[int] = set()
+    while stack and limit > 0:
+        limit -= 1
         item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend(item)
+        if isinstance(item, dict | list | tuple | set | frozenset):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            if isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            else:
+                stack.extend(item)
         else:
             try:
                 kombu_json_dumps(item)  # type: ignore[no-untyped-call]
@@ -80,29 +86,57 @@ def _offending_type(value: Any) -> str | None:
     return None
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause of an error kombu wrapped (kombu wraps every error)."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:
+        text = "<str() of the error raised>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def dumps(value: Any, serializer: str, what: str, task: str) -> tuple[str, str, bytes | str]:
     """Serialize ``value`` (``what`` of ``task``, for the error message: built only
     on error, since this runs twice per task); returns (content_type,
-    content_encoding, payload)."""
+    content_encoding, payload). Any failure, a value nested too deeply or one that
+    contains itself included, raises ``EncodeError``."""
     if serializer == "json":
         if value is None:  # most tasks return nothing
             return JSON_CONTENT_TYPE, "utf-8", "null"
         try:
             return JSON_CONTENT_TYPE, "utf-8", _json_encoder.encode(value)
-        except (TypeError, ValueError):
-            pass  # kombu's own path below raises the error with its message
+        except Exception:  # noqa: S110 - kombu's own path below raises it with its message
+            pass
     content_type_of(serializer)
     try:
         encoded: tuple[str, str, bytes | str] = _kombu.dumps(  # type: ignore[no-untyped-call]
             value, serializer=serializer)
         return encoded
-    except (_KombuEncodeError, TypeError, ValueError, pickle.PicklingError) as exc:
-        cause = exc.__cause__ or exc
-        offending = _offending_type(value) if serializer == "json" else None
+    except Exception as exc:
+        cause = _root_cause(exc)
+        if isinstance(cause, RecursionError):
+            raise EncodeError(
+                f"cannot serialize {what} of task {task} with the {serializer!r} "
+                f"serializer: it is nested too deeply ({_one_line(cause)}); "
+                f"pass flatter values") from exc
+        try:
+            offending = _offending_type(value) if serializer == "json" else None
+        except Exception:
+            offending = None
         named = f" (a value of type {offending})" if offending else ""
         raise EncodeError(
             f"cannot serialize {what} of task {task} with the {serializer!r} "
-            f"serializer{named}: {cause}; "
+            f"serializer{named}: {_one_line(cause)}; "
             f"pass JSON-compatible values or use serializer='cloudpickle'"
         ) from exc
 
@@ -110,24 +144,43 @@ def dumps(value: Any, serializer: str, what: str, task: str) -> tuple[str, str, 
 def loads(
     payload: bytes | str, content_type: str, content_encoding: str, accept: set[str]
 ) -> Any:
-    """Deserialize a payload, refusing content types outside ``accept``."""
+    """Deserialize a payload, refusing content types outside ``accept`` (kombu's
+    "trusted" ``application/data`` and ``application/text`` included: kombu would hand
+    those back undecoded). Any failure raises ``DecodeError``, saying in one line
+    what was wrong."""
     if content_type == JSON_CONTENT_TYPE and content_type in accept:
         try:
             return _json_decoder.decode(payload if isinstance(payload, str)
                                         else payload.decode("utf-8"))
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise DecodeError(f"cannot decode {content_type} payload: {exc!r}", payload) \
-                from exc
+        except Exception as exc:
+            raise DecodeError(f"cannot decode {content_type} payload: "
+                              f"{_load_problem(payload, exc)}", _raw(payload)) from exc
+    if content_type not in accept:
+        raise ContentTypeNotAcceptedError(
+            f"content type {str(content_type)[:100]!r} is not accepted "
+            f"(accepted: {sorted(accept)})", _raw(payload))
     try:
         return _kombu.loads(  # type: ignore[no-untyped-call]
             payload, content_type, content_encoding, accept=accept)
     except ContentDisallowed as exc:
         raise ContentTypeNotAcceptedError(
             f"content type {content_type!r} is not accepted (accepted: {sorted(accept)})",
-            payload,
+            _raw(payload),
         ) from exc
-    except (_KombuDecodeError, ValueError, TypeError, pickle.UnpicklingError, EOFError,
-            AttributeError, ImportError, KeyError) as exc:
-        raise DecodeError(
-            f"cannot decode {content_type} payload: {exc.__cause__ or exc!r}", payload
-        ) from exc
+    except Exception as exc:
+        raise DecodeError(f"cannot decode {content_type} payload: "
+                          f"{_load_problem(payload, exc)}", _raw(payload)) from exc
+
+
+def _raw(payload: Any) -> bytes | str | None:
+    return payload if isinstance(payload, bytes | str) else None
+
+
+def _load_problem(payload: Any, exc: Exception) -> str:
+    """What was wrong with a payload that did not decode, in one line."""
+    if not isinstance(payload, bytes | str):
+        return f"the message's field 'body' is {kind_of(payload)}, not a string"
+    cause = _root_cause(exc)
+    if isinstance(cause, RecursionError):
+        return f"nested too deeply ({_one_line(cause)})"
+    return f"{type(cause).__name__}: {_one_line(cause)}"

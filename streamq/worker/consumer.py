@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..api.hooks import TaskEvent
@@ -46,7 +47,8 @@ class Consumer:
                  limits: LimitSlot | None = None,
                  timed_out: tuple[str, str, float] | None = None,
                  charge: tuple[str, str] | None = None,
-                 worker_info: dict[str, Any] | None = None) -> None:
+                 worker_info: dict[str, Any] | None = None,
+                 guard: Callable[[float], None] | None = None) -> None:
         self.app = app
         self.settings = settings = app.settings
         link = app.server
@@ -68,6 +70,7 @@ class Consumer:
         self.limits = limits
         self.timed_out = timed_out
         self.charge = charge
+        self.guard = guard
         """(queue, entry id) a crashed predecessor was working on: charged a delivery."""
         self.stopping = False
         self.held = Held()
@@ -92,7 +95,7 @@ class Consumer:
                 self.held, self.link, self.writer, self.recovery, self.settings, self.queues,
                 self.name, self.flush,
                 None if self.worker_info is None else (self.worker_id, self.worker_info),
-                lambda: self.stopping)
+                lambda: self.stopping, self.guard)
             self._housekeeping.start()
 
     def run(self) -> None:
@@ -139,6 +142,10 @@ class Consumer:
             d = held.next()
             if d is None:
                 break
+            if d.deliveries > 1 and held.outcomes:
+                # A redelivered entry may be the one that killed this process's
+                # predecessor: write what is done first, so that it is not run again.
+                self.flush()
             if self.limits is not None:
                 self.limits.current(d.queue, d.entry_id)
             timed_out = None

@@ -36,7 +36,8 @@ class Housekeeping:
     def __init__(self, held: Held, link: ServerLink, writer: OutcomeWriter,
                  recovery: Recovery, settings: Settings, queues: list[str], consumer: str,
                  flush: Callable[[], None], registration: tuple[str, dict[str, Any]] | None,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False,
+                 guard: Callable[[float], None] | None = None) -> None:
         self.held = held
         self.link = link
         self.writer = writer
@@ -47,6 +48,8 @@ class Housekeeping:
         self.flush = flush
         self.registration = registration
         self.stopping = stopping
+        self.guard = guard
+        """Called every tick (the worker process checks that its supervisor lives)."""
         """(worker id, description) to heartbeat into the worker registry."""
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True,
@@ -64,6 +67,8 @@ class Housekeeping:
         next_hb = next_promote = 0.0
         while not self._halt.wait(_TICK_S):
             now = time.monotonic()
+            if self.guard is not None:
+                self._duty(self.guard, now)
             # Each duty on its own: one that fails (a server blip) must not starve the
             # others, least of all the heartbeat that keeps held entries ours.
             self._duty(self._release_if_stuck, now)

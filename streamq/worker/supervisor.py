@@ -9,6 +9,7 @@ set flags; the loop acts on them.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..base.ids import new_worker_id
+from ..base.ids import new_worker_id, parse_worker_id
 from ..data.message import now_ms
 from ..data.outcome import Released
 from ..server.recovery import Recovery
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _CRASH_WINDOW_S = 2.0
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -266,6 +268,11 @@ class Supervisor:
             log.debug("Could not deregister worker %s: %s", self.worker_id, exc)
 
 
+def worker_pid(worker_id: str) -> int:
+    parsed = parse_worker_id(worker_id)
+    return parsed.pid if parsed else os.getppid()
+
+
 def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: str,
                 prefetch: int | None, limits: LimitSlot,
                 timed_out: tuple[str, str, float] | None, charge: tuple[str, str] | None,
@@ -278,10 +285,28 @@ def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: 
         app.add_hook(hook)
     if os.environ.get(metrics.ENV):
         app.add_hook(metrics.MetricsHook())
+    parent = worker_pid(worker_id)  # the supervisor; it may already be gone
+    if sys.platform == "linux":
+        # SIGTERM when the supervisor dies (even by SIGKILL): stop gracefully.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    def guard(now: float) -> None:
+        """An orphan (its supervisor is gone) stops reading, and enforces its running
+        task's time limit itself: nobody else will."""
+        if os.getppid() != parent:
+            if not consumer.stopping:
+                log.error("The supervisor (pid %d) is gone; stopping.", parent)
+                consumer.stopping = True
+            if limits.expired(now):
+                log.error("The supervisor is gone and the running task exceeded its time "
+                          "limit; exiting (its message stays pending and will be "
+                          "reclaimed).")
+                os._exit(1)
+
     # Signals are still blocked (see _spawn): build, install handlers, then unblock.
     consumer = Consumer(app, queues, consumer_name, worker_id=worker_id, prefetch=prefetch,
                         limits=limits, timed_out=timed_out, charge=charge,
-                        worker_info=worker_info)
+                        worker_info=worker_info, guard=guard)
 
     def stop(_signum: int, _frame: Any) -> None:
         consumer.stopping = True

@@ -1,0 +1,129 @@
+"""Reliability under attack (issue 10): each case once lost, doubled or stalled work.
+
+Counters live in the server, so executions are counted exactly across processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import redis
+
+from streamq import StreamQ
+from streamq.base import keys
+from streamq.data.record import Status
+from streamq.server.recovery import Recovery
+from streamq.worker.consumer import Consumer
+from tests import tasks
+from tests.conftest import wait_until
+from tests.test_api import drain
+
+FAST = ("--heartbeat", "0.2", "--claim-after", "0.5")
+
+
+def _stream(app: StreamQ) -> str:
+    return keys.stream(app.settings.namespace, "default")
+
+
+def test_a_fast_crash_charges_only_the_running_entry(app: StreamQ, start_worker: Any) -> None:
+    """A task that kills its process at once, ahead of 50 others on one process: the
+    others used to be charged a delivery at every crash and all went to dead letters
+    without running. Only the poison message is charged; the 50 all run, once."""
+    poison = tasks.poison.delay("fast-crash")  # max_deliveries=3, kills its process
+    rest = [tasks.count.delay("fast-crash-rest") for _ in range(50)]
+    w = start_worker(app.settings.url, "-c", "1", *FAST)
+    assert sorted(r.get(timeout=30) for r in rest) == list(range(1, 51))
+    wait_until(lambda: poison.status == Status.DEAD, timeout=30, message="poison dead")
+    assert tasks.count_of("fast-crash") == 3  # charged on each of its own 3 runs only
+    assert tasks.count_of("fast-crash-rest") == 50
+    assert {r.info["deliveries"] for r in rest} == {1}
+    assert w.stop() == 0
+
+
+def test_an_acknowledgement_never_deletes_an_entry_another_consumer_reclaimed(
+        app: StreamQ, rclient: redis.Redis) -> None:
+    """A worker presumed dead finishes late: the entry was reclaimed by another, which
+    is still running it. The late success must not delete that entry."""
+    link = app.server
+    link.broker.ensure_group("default")
+    res = tasks.add.delay(20, 22)
+    slow = Consumer(app, ["default"], "host-a:1:aaaa-0", block_ms=50)
+    (d,) = link.broker.read(slow.name, ["default"], 10, None)
+    rclient.xclaim(_stream(app), keys.GROUP, "host-b:1:bbbb-0", 0, [d.entry_id])
+    # host-a runs what it read, and writes its outcome with its ack.
+    outcome = slow.executor.run(slow.executor.prepare(d))  # type: ignore[arg-type]
+    link.transport.run(slow.writer.pack([outcome]))
+    assert res.get(timeout=5) == 42  # the record is written: the task did run
+    owner = rclient.xpending_range(_stream(app), keys.GROUP, "-", "+", 10)
+    assert [(p["message_id"].decode(), p["consumer"]) for p in owner] == \
+        [(d.entry_id, b"host-b:1:bbbb-0")]
+    assert rclient.xlen(_stream(app)) == 1  # still there for host-b to finish
+
+
+def test_a_foreign_entry_on_the_claim_path_goes_to_dead_letters(
+        app: StreamQ, rclient: redis.Redis) -> None:
+    """Read normally, an entry written by something else is dead-lettered; reclaimed
+    from a dead consumer it used to be acknowledged and deleted without trace."""
+    link = app.server
+    link.broker.ensure_group("default")
+    rclient.xadd(_stream(app), {"hello": "world"})
+    assert len(link.broker.read("ghost:1:gggg-0", ["default"], 10, None)) == 1  # then dies
+    c = Consumer(app, ["default"], "host-r:1:rrrr-0", block_ms=50)
+    got = Recovery(link.transport, link.broker, app.settings, c.name, 100).autoclaim(
+        "default", 0)
+    assert len(got) == 1 and got[0].raw is not None and b"hello" in got[0].raw
+    c.held.add(got)
+    c.run_once()
+    c.stop()
+    (letter,) = app.dead.list("default")
+    assert "undecodable message" in letter.reason and b"hello" in letter.raw
+    assert rclient.xlen(_stream(app)) == 0
+
+
+def test_a_retry_outlives_its_record_ttl(app: StreamQ) -> None:
+    """With result_ttl shorter than a retry's countdown the record used to expire while
+    the retry waited (get() then said "never enqueued")."""
+    short = StreamQ(app.settings.url, namespace=app.settings.namespace, result_ttl=1)
+    slow_retry = short.task(name=tasks.explicit_retry.name, max_retries=2)(
+        tasks.explicit_retry.fn)
+    try:
+        res = slow_retry.delay("ttl-retry")  # raises Retry(countdown=0.05) twice
+        c = Consumer(short, ["default"], "h:1:aaaa-0", block_ms=50)
+        c.start(housekeeping=False)
+        c.run_once()
+        c.stop()
+        assert res.status == Status.RETRY
+        ttl = short.server.connection.client.ttl(
+            keys.record(short.settings.namespace, "default", res.id))
+        assert ttl >= 1  # result_ttl (1 s) plus the wait until due
+    finally:
+        short.close()
+
+
+def test_orphans_of_a_killed_supervisor_stop_and_keep_time_limits(
+        app: StreamQ, start_worker: Any) -> None:
+    """After kill -9 of the supervisor its processes used to go on consuming, with no
+    time limits. They stop reading, and a task past its timeout ends its process."""
+    w = start_worker(app.settings.url, "-c", "1", *FAST)
+    (child,) = w.children()
+    res = tasks.too_slow.delay("orphan", 8.0)  # timeout=1.0
+    wait_until(lambda: tasks.count_of("orphan") == 1, message="task started")
+    os.kill(w.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    wait_until(lambda: not _alive(child), timeout=6, message="the orphan to exit")
+    assert time.monotonic() - t0 < 4  # its 1 s limit, not the task's 8 s
+    later = tasks.add.delay(1, 1)
+    time.sleep(0.5)
+    assert later.status == Status.PENDING  # nobody consumes it now
+    assert res.status != Status.SUCCESS
+    w.proc.wait(10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
