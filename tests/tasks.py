@@ -184,3 +184,12 @@ def infinite_countdown(key: str) -> None:
     """Asks for a retry after an infinite countdown."""
     _incr(key)
     raise Retry(countdown=float("inf"))
+
+
+@app.task(max_retries=1)
+def retry_later(key: str, countdown: float) -> int:
+    """Asks for a retry ``countdown`` seconds later on its first run."""
+    n = _incr(key)
+    if n == 1:
+        raise Retry(countdown=countdown)
+    return n

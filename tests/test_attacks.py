@@ -18,7 +18,6 @@ from streamq.server.recovery import Recovery
 from streamq.worker.consumer import Consumer
 from tests import tasks
 from tests.conftest import wait_until
-from tests.test_api import drain
 
 FAST = ("--heartbeat", "0.2", "--claim-after", "0.5")
 
@@ -86,10 +85,9 @@ def test_a_retry_outlives_its_record_ttl(app: StreamQ) -> None:
     """With result_ttl shorter than a retry's countdown the record used to expire while
     the retry waited (get() then said "never enqueued")."""
     short = StreamQ(app.settings.url, namespace=app.settings.namespace, result_ttl=1)
-    slow_retry = short.task(name=tasks.explicit_retry.name, max_retries=2)(
-        tasks.explicit_retry.fn)
+    later = short.task(name=tasks.retry_later.name, max_retries=1)(tasks.retry_later.fn)
     try:
-        res = slow_retry.delay("ttl-retry")  # raises Retry(countdown=0.05) twice
+        res = later.delay("ttl-retry", 3.0)
         c = Consumer(short, ["default"], "h:1:aaaa-0", block_ms=50)
         c.start(housekeeping=False)
         c.run_once()
@@ -97,7 +95,9 @@ def test_a_retry_outlives_its_record_ttl(app: StreamQ) -> None:
         assert res.status == Status.RETRY
         ttl = short.server.connection.client.ttl(
             keys.record(short.settings.namespace, "default", res.id))
-        assert ttl >= 1  # result_ttl (1 s) plus the wait until due
+        assert ttl >= 3  # result_ttl (1 s) plus the 3 s wait until due
+        time.sleep(1.5)  # past result_ttl: the record must still be there
+        assert res.status == Status.RETRY
     finally:
         short.close()
 
