@@ -127,3 +127,26 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_full_server_is_drained_and_nothing_is_acknowledged_without_its_record(
+        app: StreamQ, rclient: redis.Redis, start_worker: Any) -> None:
+    """At maxmemory (noeviction) worker starts used to die in XGROUP CREATE and running
+    workers on their refused writes, and a refused record write could leave its entry
+    acknowledged with the record PENDING. Now the server is drained, every task ends
+    SUCCESS, and no process dies."""
+    handles = tasks.echo.map(["x" * 2000] * 1500)
+    app.server.broker.ensure_group("default")
+    used = int(rclient.info("memory")["used_memory"])
+    rclient.config_set("maxmemory", used - 200_000)
+    try:
+        with __import__("pytest").raises(Exception, match="maxmemory"):
+            rclient.set(f"{app.settings.namespace}:probe", "x")  # the server is full
+        w = start_worker(app.settings.url, "-c", "1", *FAST)
+        wait_until(lambda: rclient.xlen(_stream(app)) == 0, timeout=60,
+                   message=f"the drain; output:\n{w.output()}")
+    finally:
+        rclient.config_set("maxmemory", 0)
+    assert {h.status for h in handles} == {Status.SUCCESS}
+    assert "died with exit code" not in w.output()
+    assert w.stop() == 0

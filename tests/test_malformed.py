@@ -37,6 +37,11 @@ def _envelope(task_id: str, **fields: Any) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
+def _tid(n: int) -> str:
+    """A generated-looking id (32 hex digits @ queue), so that its record is found."""
+    return f"{n:032x}@default"
+
+
 class Case(NamedTuple):
     name: str
     raw: str
@@ -49,34 +54,34 @@ class Case(NamedTuple):
 CASES = [
     # 10: the envelope itself cannot be decoded.
     Case("envelope-nested-50000-deep",
-         _envelope("m-deep-envelope")[:-1] + ',"x":' + "[" * 50_000 + "]" * 50_000 + "}",
-         "m-deep-envelope", ("undecodable message", "nested too deeply")),
+         _envelope(_tid(1))[:-1] + ',"x":' + "[" * 50_000 + "]" * 50_000 + "}",
+         _tid(1), ("undecodable message", "nested too deeply")),
     Case("bare-array-nested-50000-deep", "[" * 50_000 + "]" * 50_000, None,
          ("undecodable message", "nested too deeply")),
-    Case("retries-infinity", _envelope("m-retries-inf", retries=float("inf")),
-         "m-retries-inf", ("retries", "infinity")),
-    Case("retries-negative", _envelope("m-retries-neg", retries=-3), "m-retries-neg",
+    Case("retries-infinity", _envelope(_tid(2), retries=float("inf")),
+         _tid(2), ("retries", "infinity")),
+    Case("retries-negative", _envelope(_tid(3), retries=-3), _tid(3),
          ("retries", "-3")),
     # 11: the envelope decodes, its body does not have the shape of a call.
-    Case("body-a-number", _envelope("m-body-number", body=5), "m-body-number",
+    Case("body-a-number", _envelope(_tid(4), body=5), _tid(4),
          ("body", "a number, not a string")),
-    Case("body-null", _envelope("m-body-null", body=None), "m-body-null",
+    Case("body-null", _envelope(_tid(5), body=None), _tid(5),
          ("body", "null, not a string")),
-    Case("base64-body-a-number", _envelope("m-b64-number", body=7, b64=True),
-         "m-b64-number", ("body", "a number, not a string")),
-    Case("arguments-decode-to-5", _envelope("m-args-5", body="5"), "m-args-5",
+    Case("base64-body-a-number", _envelope(_tid(6), body=7, b64=True),
+         _tid(6), ("body", "a number, not a string")),
+    Case("arguments-decode-to-5", _envelope(_tid(7), body="5"), _tid(7),
          ("arguments", "[list, dict]", "5")),
-    Case("arguments-decode-to-1-2-3", _envelope("m-args-123", body="[1, 2, 3]"),
-         "m-args-123", ("arguments", "[list, dict]", "[1, 2, 3]")),
-    Case("positional-arguments-not-a-list", _envelope("m-args-int", body='[5, {}]'),
-         "m-args-int", ("arguments", "[list, dict]")),
-    Case("keyword-arguments-not-an-object", _envelope("m-kwargs-list", body="[[], []]"),
-         "m-kwargs-list", ("arguments", "[list, dict]")),
+    Case("arguments-decode-to-1-2-3", _envelope(_tid(8), body="[1, 2, 3]"),
+         _tid(8), ("arguments", "[list, dict]", "[1, 2, 3]")),
+    Case("positional-arguments-not-a-list", _envelope(_tid(9), body='[5, {}]'),
+         _tid(9), ("arguments", "[list, dict]")),
+    Case("keyword-arguments-not-an-object", _envelope(_tid(10), body="[[], []]"),
+         _tid(10), ("arguments", "[list, dict]")),
     Case("body-nested-100000-deep",
-         _envelope("m-deep-body", body="[" * 100_000 + "]" * 100_000), "m-deep-body",
+         _envelope(_tid(11), body="[" * 100_000 + "]" * 100_000), _tid(11),
          ("undecodable arguments", "nested too deeply")),
-    Case("content-type-application-data", _envelope("m-app-data", ct="application/data"),
-         "m-app-data", ("'application/data'", "not accepted")),
+    Case("content-type-application-data", _envelope(_tid(12), ct="application/data"),
+         _tid(12), ("'application/data'", "not accepted")),
 ]
 
 
@@ -120,13 +125,15 @@ def test_prepare_dead_letters_before_decoding_past_every_max_deliveries(
     entry = rclient.xadd(stream, {"m": raw})
     consumer = "testhost:1:aaaa-0"  # drain()'s consumer: it takes its own entry back
     rclient.xreadgroup(keys.GROUP, consumer, {stream: ">"}, count=1)
-    rclient.xclaim(stream, keys.GROUP, consumer, 0, [entry], retrycount=5)
+    rclient.xclaim(stream, keys.GROUP, consumer, 0, [entry], retrycount=6)
     monkeypatch.setattr(Message, "decode", classmethod(die))
-    drain(app)  # its recovery claims the entry once more: the 6th delivery
+    drain(app)
     (letter,) = app.dead.list("default")
-    assert letter.raw == raw and letter.deliveries == 6
-    assert "delivered 5 times" in letter.reason and "max_deliveries=5" in letter.reason
-    assert letter.task_id == "m-deep-envelope"  # peeked from the head, not decoded
+    assert letter.raw == raw and letter.deliveries >= 6
+    assert f"delivered {letter.deliveries - 1} times" in letter.reason
+    assert "max_deliveries=5" in letter.reason and "not decoded" in letter.reason
+    assert letter.task_id == CASES[0].task_id  # peeked from the head, not decoded
+    assert app.AsyncResult(letter.task_id).status == "DEAD"
     assert rclient.xpending(stream, keys.GROUP)["pending"] == 0
 
 
@@ -162,6 +169,26 @@ def test_run_gives_a_clean_failure_when_the_task_side_breaks(
     assert isinstance(out, Failed), out
     assert out.error.startswith(f"{exc_type}: ") and says in out.error.lower(), out.error
     assert "\n" not in out.error and len(out.error) < 600, out.error
+
+
+@pytest.mark.parametrize("countdown", [float("inf"), float("nan"), 1e300, "5"],
+                         ids=["inf", "nan", "1e300", "a-string"])
+def test_a_retry_that_cannot_be_scheduled_is_a_clean_failure(countdown: Any) -> None:
+    """A countdown that is not a number, or one whose record TTL the server would
+    refuse (which would fail the whole batch's write), fails that task alone."""
+    from streamq import Retry
+
+    def ask() -> None:
+        raise Retry(countdown=countdown)
+
+    opts = TaskOptions(name="tests.tasks.ask", queue="default", max_retries=3)
+    registry = {opts.name: Task(tasks.app, ask, opts)}
+    msg = Message(_tid(99), opts.name, "default", "application/json", "utf-8", "[[], {}]")
+    call = _executor(registry).prepare(Delivery("default", "1-0", msg.encode().encode(), 1))
+    assert isinstance(call, Call)
+    out = _executor(registry).run(call)
+    assert isinstance(out, Failed), out
+    assert out.error.startswith("Retry: Retry(countdown=...) must be a number of seconds")
 
 
 @pytest.mark.timeout(20)

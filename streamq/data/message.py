@@ -112,9 +112,9 @@ def peek_ids(raw: bytes | str, *, parse: bool = True) -> tuple[str | None, str |
         try:
             doc = json.loads(raw)
             tid, name = doc.get("id"), doc.get("task")
-            if isinstance(tid, str) and isinstance(name, str):
-                return tid or None, name or None
-        except Exception:  # noqa: S110 - the head below is the fallback
+            return (tid if isinstance(tid, str) and tid else None,
+                    name if isinstance(name, str) and name else None)
+        except Exception:  # the head below is the fallback
             pass
     try:
         head = raw[:_HEAD_CHARS]

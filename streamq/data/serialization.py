@@ -115,7 +115,7 @@ def dumps(value: Any, serializer: str, what: str, task: str) -> tuple[str, str, 
             return JSON_CONTENT_TYPE, "utf-8", "null"
         try:
             return JSON_CONTENT_TYPE, "utf-8", _json_encoder.encode(value)
-        except Exception:  # noqa: S110 - kombu's own path below raises it with its message
+        except Exception:  # kombu's own path below raises it with its message
             pass
     content_type_of(serializer)
     try:

@@ -91,18 +91,38 @@ class Broker:
         self.transport.send(batches)
 
     # -- consumer groups -------------------------------------------------------------
-    def ensure_group(self, queue: str, *, force: bool = False) -> None:
+    def ensure_group(self, queue: str, *, force: bool = False) -> bool:
+        """Create the consumer group (and stream) of ``queue``; False when a full
+        server refused it and there is no group yet (nothing to drain there)."""
         if queue in self._groups and not force:
-            return
+            return True
         client = self.connection.client
+        stream = keys.stream(self.ns, queue)
         try:
             # From id 0, so messages enqueued before any worker existed are delivered.
-            client.xgroup_create(keys.stream(self.ns, queue), keys.GROUP, "0", mkstream=True)
+            client.xgroup_create(stream, keys.GROUP, "0", mkstream=True)
+            client.sadd(keys.queues(self.ns), queue)
         except BrokerError as exc:
-            if exc.code != "BUSYGROUP":
+            # A full server refuses XGROUP CREATE even when the group exists; reading
+            # is what frees memory then, so go on if the group is there.
+            if exc.code == "OOM":
+                if not self._group_exists(stream):
+                    log.warning("The server at %s is out of memory (maxmemory): cannot "
+                                "create queue %s yet.", self.connection.masked_url, queue)
+                    return False
+                log.warning("The server at %s is out of memory (maxmemory); reading "
+                            "queue %s to drain it.", self.connection.masked_url, queue)
+            elif exc.code != "BUSYGROUP":
                 raise
-        client.sadd(keys.queues(self.ns), queue)
         self._groups.add(queue)
+        return True
+
+    def _group_exists(self, stream: str) -> bool:
+        try:
+            groups = self.connection.client.xinfo_groups(stream)
+        except BrokerError:
+            return False
+        return any(as_str(g["name"]) == keys.GROUP for g in groups)
 
     def recreate_groups(self, queues: Iterable[str]) -> None:
         """After NOGROUP: the server lost the group (restarted without its data?)."""

@@ -28,6 +28,18 @@ from redis.retry import Retry as _RedisRetry
 from ..base.errors import BrokerConnectionError, BrokerError, ConfigurationError, StreamQError
 from ..base.settings import Settings, mask_url
 
+# redis-py turns these replies into classes and drops their code from the text.
+_CODES: dict[type[BaseException], str] = {
+    redis.exceptions.NoScriptError: "NOSCRIPT",
+    redis.exceptions.OutOfMemoryError: "OOM",
+    redis.exceptions.BusyLoadingError: "LOADING",
+    redis.exceptions.ReadOnlyError: "READONLY",
+    redis.exceptions.ClusterCrossSlotError: "CROSSSLOT",
+}
+
+TRANSIENT = frozenset({"OOM", "BUSY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"})
+"""Reply codes that say "not now": back off and try again, never give up a process."""
+
 
 def translate(exc: BaseException, url: str | None) -> StreamQError | None:
     """The streamq error for a redis-py one (None for anything else)."""
@@ -39,9 +51,7 @@ def translate(exc: BaseException, url: str | None) -> StreamQError | None:
             f"is it running, and is the URL right?")
     if isinstance(exc, redis.ResponseError):
         text = str(exc)
-        code = text.split(" ", 1)[0] if text[:1].isupper() else ""
-        if isinstance(exc, redis.exceptions.NoScriptError):
-            code = "NOSCRIPT"
+        code = _CODES.get(type(exc)) or (text.split(" ", 1)[0] if text[:1].isupper() else "")
         return BrokerError(f"the server at {mask_url(url)} answered: {text}", code)
     if isinstance(exc, redis.RedisError):
         return BrokerError(f"error talking to the server at {mask_url(url)}: {exc}")

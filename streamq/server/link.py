@@ -28,7 +28,7 @@ class ServerLink:
         self.records = RecordStore(self.transport, settings)
         self.dead = DeadLetters(self.transport, self.broker, settings)
         self.delayed = Delayed(self.transport, settings.namespace)
-        self.registry = Registry(self.connection, settings.namespace)
+        self.registry = Registry(self.transport, settings.namespace)
 
     @property
     def url(self) -> str:

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from ..base import keys
 from .broker import as_str
-from .connection import Connection
+from .transport import Transport
 
 DEAD_WORKER_LISTED_MS = 3600 * 1000
 """A worker silent this long is pruned from the registry (and no longer listed)."""
@@ -19,8 +19,9 @@ def now_ms() -> int:
 
 
 class Registry:
-    def __init__(self, connection: Connection, namespace: str) -> None:
-        self.connection = connection
+    def __init__(self, transport: Transport, namespace: str) -> None:
+        self.transport = transport
+        self.connection = transport.connection
         self.ns = namespace
 
     def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:

@@ -2,9 +2,10 @@
 
 Every script opens with ``#!lua``: on Redis 7+ and Valkey a script with a shebang
 may touch only keys of one slot, so a cluster-mode server refuses any script that
-would cross slots instead of running it. The prelude (``streamq.data.record``) names
-the record's fields and states and builds its completion payload, so no script
-spells a field name of its own.
+would cross slots instead of running it; and a full server refuses it whole, before
+it writes anything (see ``_FLAGS`` for the two that run anyway). The prelude
+(``streamq.data.record``) names the record's fields and states and builds its
+completion payload, so no script spells a field name of its own.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from importlib import resources
 
 from ..data import record
 
-NAMES = ("outcomes", "enqueue_many", "wait", "requeue_dead", "heartbeat", "promote")
+NAMES = ("outcomes", "enqueue_many", "wait", "requeue_dead", "heartbeat", "promote", "alive")
+
+_FLAGS = {"outcomes": "allow-oom", "heartbeat": "allow-oom", "alive": "allow-oom"}
+"""A full server (maxmemory, noeviction) refuses every other script. These run:
+acknowledging deletes entries, which is what frees memory, and heartbeats keep a live
+worker's running tasks from being reclaimed; all of them write little."""
 
 
 def _source(name: str) -> str:
     body = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
-    return f"#!lua\n{record.LUA_PRELUDE}\n{body}"
+    flags = f" flags={_FLAGS[name]}" if name in _FLAGS else ""
+    return f"#!lua{flags}\n{record.LUA_PRELUDE}\n{body}"
 
 
 SOURCE = {name: _source(name) for name in NAMES}

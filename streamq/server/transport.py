@@ -32,15 +32,22 @@ def pack(*args: Any) -> bytes:
 class Packed:
     """Commands packed for one write (see the module docstring)."""
 
-    __slots__ = ("commands",)
+    __slots__ = ("commands", "optional")
 
     def __init__(self, commands: list[bytes] | None = None) -> None:
         self.commands: list[bytes] = commands if commands is not None else []
+        self.optional: set[int] = set()
+        """Indexes of best-effort commands (counters): their errors are not raised."""
 
     def __len__(self) -> int:
         return len(self.commands)
 
     def command(self, *args: Any) -> None:
+        self.commands.append(_pack(args))
+
+    def best_effort(self, *args: Any) -> None:
+        """A command whose failure (a full server refusing a counter) is ignored."""
+        self.optional.add(len(self.commands))
         self.commands.append(_pack(args))
 
     def script(self, name: str, keys: list[str], args: list[Any]) -> None:
@@ -97,8 +104,10 @@ class Transport:
             again = Packed([packed.commands[i] for i in missing])
             for i, r in zip(missing, self.run(again, blocking=blocking), strict=True):
                 replies[i] = r
-        for r in replies:
+        for i, r in enumerate(replies):
             if isinstance(r, Exception):
+                if i in packed.optional:
+                    continue
                 raise _error(r, url)
             if type(r) is list and r and r[0].__class__ is not list:  # an EXEC's replies
                 for item in r:

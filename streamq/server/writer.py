@@ -47,10 +47,10 @@ class OutcomeWriter:
             minute = int(time.time() // 60)
             for (queue, name), n in counts.items():
                 stats_key = keys.stats(self.ns, queue, minute)
-                pipe.command("HINCRBY", stats_key, name, n)
-                pipe.command("EXPIRE", stats_key, STATS_TTL_S)
+                pipe.best_effort("HINCRBY", stats_key, name, n)
+                pipe.best_effort("EXPIRE", stats_key, STATS_TTL_S)
                 if self.worker_key:
-                    pipe.command("HINCRBY", self.worker_key, name, n)
+                    pipe.best_effort("HINCRBY", self.worker_key, name, n)
         return pipe
 
     def _pack_queue(self, pipe: Packed, queue: str, items: list[Outcome],

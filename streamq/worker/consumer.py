@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..api.hooks import TaskEvent
 from ..base import keys
-from ..base.errors import BrokerConnectionError
+from ..base.errors import BrokerConnectionError, BrokerError
 from ..base.ids import worker_of
 from ..data.outcome import COUNTED, Dead, Delivery, Failed, Outcome, Released, Retried, Succeeded
+from ..server.connection import TRANSIENT
 from ..server.recovery import Recovery
 from ..server.transport import Packed
 from ..server.writer import OutcomeWriter
@@ -76,14 +77,15 @@ class Consumer:
         self.held = Held()
         self._housekeeping: Housekeeping | None = None
         self._next_reclaim = 0.0
+        self.reading = list(self.queues)
+        """The queues read: those whose consumer group exists."""
         self.processed = 0
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, *, housekeeping: bool = True) -> None:
         """Create groups, take back this consumer's own pending entries, start threads."""
-        for q in self.queues:
-            self.broker.ensure_group(q)
-        for q in self.queues:
+        self._ensure_groups()
+        for q in self.reading:
             charge = self.charge[1] if self.charge and self.charge[0] == q else None
             got = self.recovery.guarded(q, self.recovery.own, charge)
             if got:
@@ -98,6 +100,11 @@ class Consumer:
                 lambda: self.stopping, self.guard)
             self._housekeeping.start()
 
+    def _ensure_groups(self) -> None:
+        """Read the queues whose group exists; a full server may refuse to create one
+        (tried again at each reclaim)."""
+        self.reading = [q for q in self.queues if self.broker.ensure_group(q)]
+
     def run(self) -> None:
         """Run until ``stopping``; rides out server outages with capped backoff."""
         delay = 0.1
@@ -108,7 +115,9 @@ class Consumer:
                     self.start()
                 self.run_once()
                 delay = 0.1
-            except BrokerConnectionError as exc:
+            except BrokerError as exc:
+                if not isinstance(exc, BrokerConnectionError) and exc.code not in TRANSIENT:
+                    raise
                 log.warning("Server unavailable (%s); retrying in %.1fs.", exc, delay)
                 halt.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -134,6 +143,8 @@ class Consumer:
         held = self.held
         if not held.buffer and now >= self._next_reclaim:
             self._next_reclaim = now + max(1.0, self.settings.heartbeat_s)
+            if len(self.reading) < len(self.queues):
+                self._ensure_groups()
             self._reclaim()
         if not held.buffer:
             held.add(self._flush_and_read())
@@ -219,7 +230,12 @@ class Consumer:
         outcomes = self.held.take_outcomes()
         pipe = self.writer.pack(outcomes) if outcomes else Packed()
         try:
-            return self.broker.read(self.name, self.queues, self.prefetch, self.block_ms,
+            if not self.reading:  # only queues a full server could not create yet
+                if pipe.commands:
+                    self.link.transport.run(pipe)
+                time.sleep(self.block_ms / 1000)
+                return []
+            return self.broker.read(self.name, self.reading, self.prefetch, self.block_ms,
                                     pipe=pipe)
         except Exception:
             self.held.restore_outcomes(outcomes)
@@ -245,7 +261,7 @@ class Consumer:
         rec = self.recovery
         live = self.link.registry.live(3 * hb_ms) | {self.worker_id}
         held = self.held.entry_ids()
-        for q in self.queues:
+        for q in self.reading:
             got = rec.guarded(q, rec.orphans, set(held.get(q, ())), 2 * hb_ms)
             got += rec.guarded(q, rec.of_dead_workers, live, 3 * hb_ms)
             got += rec.guarded(q, rec.autoclaim, int(self.settings.claim_after_s * 1000))

@@ -16,11 +16,11 @@ import traceback
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ..api.task import Task, TaskContext, running_as
+from ..api.task import Task, TaskContext, TaskOptions, running_as
 from ..base.backoff import compute_backoff
-from ..base.errors import DecodeError, EncodeError, Reject, Retry
+from ..base.errors import EncodeError, Reject, Retry
 from ..data import record, serialization
-from ..data.message import Message, now_ms, peek_ids
+from ..data.message import Message, kind_of, now_ms, peek_ids, short_repr
 from ..data.outcome import Dead, Delivery, Failed, Gone, Outcome, Retried, Succeeded
 from ..data.serialization import ContentTypeNotAcceptedError
 
@@ -45,25 +45,43 @@ class Executor:
         self.serializer = serializer
         self.consumer = consumer
         self.ttl_s = result_ttl_s
+        self.most_deliveries = self._most_deliveries()
+
+    def _most_deliveries(self) -> int:
+        """The highest ``max_deliveries`` a message here may have: that of its task is
+        unknown until the message is decoded, so the highest of every registered task
+        (and the default, for a message that cannot be decoded)."""
+        return max([DEFAULT_MAX_DELIVERIES,
+                    *(t.options.max_deliveries for t in self.registry.values())])
 
     # -- checks ---------------------------------------------------------------------
     def prepare(self, d: Delivery, *, timed_out: float | None = None) -> Call | Outcome:
-        """A ``Call`` to run, or the outcome of a delivery that must not run."""
-        if d.raw is None:
+        """A ``Call`` to run, or the outcome of a delivery that must not run.
+
+        Nothing a message holds makes this raise: whatever fails while decoding it
+        makes it a dead letter, with a reason that says in one line what was wrong."""
+        raw = d.raw
+        if raw is None:
             return Gone(d)  # deleted while pending (e.g. purged): nothing left to run
+        if d.deliveries > self.most_deliveries:
+            # Its processes kept dying before acknowledging it, maybe while decoding
+            # it: decided before decoding, from the highest limit its task can have.
+            dead = self._delivered_too_often(d)
+            if dead is not None:
+                return dead
         try:
-            msg = Message.decode(d.raw)
-        except DecodeError as exc:
-            tid, name = peek_ids(d.raw)
-            return self._dead(d, tid, name or "?", 0, f"undecodable message: {exc}")
+            msg = Message.decode(raw)
+        except Exception as exc:
+            tid, name = peek_ids(raw)
+            return self._dead(d, tid, name or "?", 0, f"undecodable message: {_line(exc)}")
         task = self.registry.get(msg.task)
         if task is None:
             names = sorted(self.registry)
             known = ", ".join(names[:10]) + (f" and {len(names) - 10} more"
                                              if len(names) > 10 else "") if names else "none"
             return self._dead(d, msg.id, msg.task, msg.retries,
-                              f"task {msg.task!r} is not registered in this worker "
-                              f"(registered: {known})")
+                              f"task {short_repr(msg.task, 200)} is not registered in this "
+                              f"worker (registered: {known})")
         if timed_out is not None:
             return self._failed(d, msg, task, "TimeLimitExceeded",
                                 f"task ran longer than its timeout of {timed_out:g}s and its "
@@ -75,18 +93,46 @@ class Executor:
                               f"(max_deliveries={max_deliveries}); the process running it "
                               f"kept dying")
         try:
-            args, kwargs = serialization.loads(msg.body, msg.content_type,
-                                               msg.content_encoding, self.accept)
+            payload = serialization.loads(msg.body, msg.content_type, msg.content_encoding,
+                                          self.accept)
         except ContentTypeNotAcceptedError as exc:
-            return self._dead(d, msg.id, msg.task, msg.retries, str(exc))
-        except DecodeError as exc:
+            return self._dead(d, msg.id, msg.task, msg.retries, _line(exc))
+        except Exception as exc:
             return self._dead(d, msg.id, msg.task, msg.retries,
-                              f"undecodable arguments: {exc}")
+                              f"undecodable arguments: {_line(exc)}")
+        try:
+            args, kwargs = payload
+        except Exception:  # decoded, but not a pair
+            return self._bad_arguments(d, msg, payload)
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            return self._bad_arguments(d, msg, payload)
         return Call(d, msg, task, args, kwargs)
+
+    def _delivered_too_often(self, d: Delivery) -> Dead | None:
+        """The dead letter of an entry delivered more often than any task here allows,
+        made without decoding it; None if a task registered since allows as many."""
+        self.most_deliveries = most = self._most_deliveries()
+        if d.deliveries <= most:
+            return None
+        tid, name = peek_ids(d.raw or b"", parse=False)  # its head only
+        return self._dead(d, tid, name or "?", 0,
+                          f"delivered {d.deliveries - 1} times without an acknowledgement "
+                          f"(max_deliveries={most}, the highest of this worker's tasks); "
+                          f"the process running it kept dying, so it was not decoded again")
+
+    def _bad_arguments(self, d: Delivery, msg: Message, payload: Any) -> Dead:
+        return self._dead(d, msg.id, msg.task, msg.retries,
+                          f"malformed arguments: they must decode to [list, dict] (the "
+                          f"positional and keyword arguments), got {_shape(payload)}")
 
     # -- running --------------------------------------------------------------------
     def run(self, call: Call) -> Outcome:
-        """Call the task (as ``current_task()``) and return its outcome."""
+        """Call the task (as ``current_task()``) and return its outcome.
+
+        Nothing the task does, short of killing its process, makes this raise: an
+        error whose ``str()`` raises, a result that cannot be encoded (nested too
+        deeply, containing itself), a retry that cannot be scheduled, each gives a
+        ``FAILURE``."""
         d, msg, task = call.delivery, call.message, call.task
         started_ms = now_ms()
         t0 = time.perf_counter()
@@ -94,26 +140,48 @@ class Executor:
             with running_as(TaskContext(msg.id, msg.task, msg.queue, msg.retries,
                                         d.deliveries)):
                 value = task.fn(*call.args, **call.kwargs)
-        except Retry as sig:
-            return self._retry_or_fail(d, msg, task, "Retry", str(sig), "", started_ms,
-                                       countdown=sig.countdown)
-        except Reject as sig:
-            return self._dead(d, msg.id, msg.task, msg.retries,
-                              f"rejected by the task: {sig.reason}")
         except Exception as exc:
-            if isinstance(exc, task.options.autoretry_for):
-                return self._retry_or_fail(d, msg, task, _type_name(exc), str(exc),
-                                           traceback.format_exc(), started_ms)
-            return self._failed(d, msg, task, _type_name(exc), str(exc),
-                                traceback.format_exc(), retryable=False, started_ms=started_ms)
+            try:
+                return self._raised(d, msg, task, exc, started_ms)
+            except Exception as inner:  # its outcome could not be built
+                return self._failed(d, msg, task, type(exc).__name__,
+                                    f"{_text(exc)} (and its outcome could not be built: "
+                                    f"{type(inner).__name__}: {_text(inner)})", "",
+                                    retryable=False, started_ms=started_ms)
         runtime = time.perf_counter() - t0
         try:
             ct, ce, payload = serialization.dumps(value, self.serializer, "the result",
                                                   msg.task)
-        except EncodeError as exc:
-            return self._failed(d, msg, task, "EncodeError", str(exc), "",
+        except Exception as exc:
+            return self._failed(d, msg, task, "EncodeError" if isinstance(exc, EncodeError)
+                                else _type_name(exc), _text(exc), "",
                                 retryable=False, started_ms=started_ms)
         return Succeeded(d, msg.id, msg.task, payload, ct, ce, started_ms, runtime)
+
+    def _raised(self, d: Delivery, msg: Message, task: Task[Any, Any], exc: Exception,
+                started_ms: int) -> Outcome:
+        """The outcome of a task that raised ``exc``."""
+        if isinstance(exc, Retry):
+            countdown = exc.countdown
+            if countdown is not None and (isinstance(countdown, bool) or not isinstance(
+                    countdown, int | float) or not countdown <= MAX_COUNTDOWN_S):
+                # Not a number, NaN, infinite, or beyond what a record's TTL can hold.
+                return self._failed(d, msg, task, "Retry",
+                                    f"Retry(countdown=...) must be a number of seconds up "
+                                    f"to {MAX_COUNTDOWN_S:.0e} (about 31 years), got "
+                                    f"{short_repr(countdown)}", "",
+                                    retryable=False, started_ms=started_ms)
+            return self._retry_or_fail(d, msg, task, "Retry", _text(exc), "", started_ms,
+                                       countdown=countdown)
+        if isinstance(exc, Reject):
+            return self._dead(d, msg.id, msg.task, msg.retries,
+                              f"rejected by the task: {_text(exc.reason)}")
+        tb = _traceback()
+        if isinstance(exc, task.options.autoretry_for):
+            return self._retry_or_fail(d, msg, task, _type_name(exc), _text(exc), tb,
+                                       started_ms)
+        return self._failed(d, msg, task, _type_name(exc), _text(exc), tb,
+                            retryable=False, started_ms=started_ms)
 
     # -- outcomes -------------------------------------------------------------------
     def _retry_or_fail(self, d: Delivery, msg: Message, task: Task[Any, Any], exc_type: str,
@@ -157,6 +225,50 @@ class Executor:
         fields = record.dead(reason=reason, task=name, deliveries=d.deliveries,
                              dead_at_ms=now_ms(), worker=self.consumer) if task_id else None
         return Dead(d, task_id, name, retries, reason, fields)
+
+
+DEFAULT_MAX_DELIVERIES = TaskOptions(name="default", queue="default").max_deliveries
+"""A task's ``max_deliveries`` unless it says otherwise (5): the limit of a message
+whose task is unknown."""
+
+
+MAX_COUNTDOWN_S = 1e9
+"""The longest wait a task may ask of ``Retry``: its record's TTL includes the wait,
+and the server refuses a TTL much beyond this."""
+
+
+def _text(value: object) -> str:
+    """``str(value)``, even when that raises (an error of the task's own making)."""
+    try:
+        return str(value)
+    except Exception as exc:
+        try:
+            why = f"{type(exc).__name__}: {exc}"
+        except Exception:
+            why = type(exc).__name__
+        return f"<str() of this {type(value).__name__} raised {why}>"
+
+
+def _line(exc: BaseException, limit: int = 500) -> str:
+    """An error as one line of at most ``limit`` characters, for a reason."""
+    text = " ".join(_text(exc).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _traceback() -> str:
+    try:
+        return traceback.format_exc()
+    except Exception as exc:
+        return f"(the traceback could not be formatted: {type(exc).__name__})"
+
+
+def _shape(value: Any) -> str:
+    """What decoded arguments look like: their kind (and their elements' for a pair)
+    and a short repr."""
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return (f"{kind_of(value)} of {kind_of(value[0])} and {kind_of(value[1])} "
+                f"({short_repr(value)})")
+    return f"{kind_of(value)} ({short_repr(value)})"
 
 
 def _type_name(exc: BaseException) -> str:
