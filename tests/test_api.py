@@ -525,3 +525,23 @@ def test_get_after_requeue_waits_for_the_new_run(app: StreamQ) -> None:
     assert ghost.status == "PENDING"
     with pytest.raises(ResultTimeoutError):  # waits: the old failure is void
         ghost.get(timeout=0.5)
+
+
+def test_passwords_with_url_characters_are_masked_everywhere() -> None:
+    """Generated passwords often hold '/', '#' or '?', which a URL parser takes for
+    the start of the path: they used to be printed in full."""
+    from urllib.parse import quote
+
+    secret = "s3cr/et#pa?ss"
+    for url in (f"redis://user:{secret}@127.0.0.1:1/0",
+                f"redis://user:{quote(secret, safe='')}@127.0.0.1:1/0"):
+        app = StreamQ(url)
+        shown = repr(app) + repr(app.settings)
+        assert not any(piece in shown for piece in ("s3cr", "pa?ss", "pa%3Fss"))
+        assert "user:***@127.0.0.1:1/0" in repr(app)
+        with pytest.raises(streamq.StreamQError) as info:  # unparsable, or unreachable
+            _ = app.AsyncResult("x" * 32 + "@default").status
+        text = str(info.value)
+        assert not any(piece in text for piece in ("s3cr", "pa?ss", "pa%3Fss"))
+        assert "***" in text
+        app.close()

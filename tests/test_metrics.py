@@ -183,3 +183,20 @@ def test_observer_and_serve_need_the_directory() -> None:
     finally:
         if saved is not None:
             os.environ[metrics.ENV] = saved
+
+
+def test_unknown_task_names_share_one_label(app: StreamQ, rclient: redis.Redis,
+                                            endpoint: tuple[Any, int]) -> None:
+    """Label values come from message contents: 30 made-up task names used to make 30
+    series. Tasks this worker does not know share one label value."""
+    _, port = endpoint
+    observer = metrics.MetricsHook(app.registry)
+    for i in range(30):
+        app.send_by_name(f"made.up.name{i}", [1])
+    tasks.add.delay(1, 1)
+    run_in_process(app, observer)
+    got = scrape(port)
+    dead = {labels for (name, labels) in got if name == "streamq_tasks_dead_total"}
+    assert dead == {_labels(metrics.UNKNOWN_TASK)}
+    assert got[("streamq_tasks_dead_total", _labels(metrics.UNKNOWN_TASK))] == 30
+    assert got[("streamq_tasks_succeeded_total", _labels("tests.tasks.add"))] == 1

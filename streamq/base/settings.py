@@ -31,6 +31,17 @@ def mask_url(url: str | None) -> str:
     return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1:***@", url, count=1))
 
 
+def scrub(text: str, url: str | None) -> str:
+    """``text`` (say, a parser's complaint about ``url``) without any piece of the
+    URL's password."""
+    found = _PASSWORD.match(url or "")
+    if found:
+        for piece in re.split(r"[/#?@:&=]", found.group(2)):
+            if piece:
+                text = text.replace(piece, "***")
+    return text
+
+
 def validate_url(url: str) -> str:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in _SCHEMES:

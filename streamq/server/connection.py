@@ -26,7 +26,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry as _RedisRetry
 
 from ..base.errors import BrokerConnectionError, BrokerError, ConfigurationError, StreamQError
-from ..base.settings import Settings, mask_url
+from ..base.settings import Settings, mask_url, scrub
 
 # redis-py turns these replies into classes and drops their code from the text.
 _CODES: dict[type[BaseException], str] = {
@@ -132,7 +132,9 @@ def make_client(url: str, settings: Settings, *, blocking: bool = False) -> Clie
             health_check_interval=30,
         ))
     except ValueError as exc:
-        raise ConfigurationError(f"invalid server URL {mask_url(url)!r}: {exc}") from None
+        raise ConfigurationError(
+            f"invalid server URL {mask_url(url)!r}: {scrub(str(exc), url)} (percent-encode "
+            f"'/', '#', '?' and '@' in a password, e.g. '/' as %2F)") from None
     client.streamq_url = url
     return client
 

@@ -45,7 +45,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..api.hooks import Hook, TaskEvent
@@ -128,16 +128,28 @@ def _get_metrics() -> dict[str, Any]:
         return _metrics
 
 
-class MetricsHook(Hook):
-    """Counts outcomes and run times (a hook: ``app.add_hook(MetricsHook())``)."""
+UNKNOWN_TASK = "(unknown)"
+"""The ``task`` label of messages naming a task this worker does not know: label
+values come from message contents, and made-up names must not make new series."""
 
-    def __init__(self) -> None:
+
+class MetricsHook(Hook):
+    """Counts outcomes and run times (a hook: ``app.add_hook(MetricsHook(app.registry))``).
+    ``known`` task names are labelled as themselves, any other as ``UNKNOWN_TASK``."""
+
+    def __init__(self, known: Container[str] | None = None) -> None:
         if not os.environ.get(ENV):
             raise RuntimeError(f"{ENV} is not set: call prepare_multiprocess_dir() first")
         self.metrics = _get_metrics()
+        self.known = known
+
+    def _task(self, event: TaskEvent) -> str:
+        if self.known is None or event.task in self.known:
+            return event.task
+        return UNKNOWN_TASK
 
     def _inc(self, outcome: str, event: TaskEvent) -> None:
-        self.metrics[outcome].labels(event.task, event.queue).inc()
+        self.metrics[outcome].labels(self._task(event), event.queue).inc()
 
     def started(self, event: TaskEvent) -> None:
         self._inc("started", event)
@@ -145,7 +157,8 @@ class MetricsHook(Hook):
     def succeeded(self, event: TaskEvent) -> None:
         self._inc("succeeded", event)
         if event.runtime_s is not None:
-            self.metrics["duration"].labels(event.task, event.queue).observe(event.runtime_s)
+            self.metrics["duration"].labels(self._task(event), event.queue).observe(
+                event.runtime_s)
 
     def retried(self, event: TaskEvent) -> None:
         self._inc("retried", event)

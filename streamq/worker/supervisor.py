@@ -284,7 +284,7 @@ def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: 
     for hook in log_hooks():
         app.add_hook(hook)
     if os.environ.get(metrics.ENV):
-        app.add_hook(metrics.MetricsHook())
+        app.add_hook(metrics.MetricsHook(app.registry))
     parent = worker_pid(worker_id)  # the supervisor; it may already be gone
     if sys.platform == "linux":
         # SIGTERM when the supervisor dies (even by SIGKILL): stop gracefully.
