@@ -63,9 +63,10 @@ class Executor:
         raw = d.raw
         if raw is None:
             return Gone(d)  # deleted while pending (e.g. purged): nothing left to run
-        if d.deliveries > self.most_deliveries:
+        if d.deliveries > self.most_deliveries and timed_out is None:
             # Its processes kept dying before acknowledging it, maybe while decoding
             # it: decided before decoding, from the highest limit its task can have.
+            # (A task killed at its time limit was decoded: its failure comes first.)
             dead = self._delivered_too_often(d)
             if dead is not None:
                 return dead
