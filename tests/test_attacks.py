@@ -50,7 +50,8 @@ def test_an_acknowledgement_never_deletes_an_entry_another_consumer_reclaimed(
     res = tasks.add.delay(20, 22)
     slow = Consumer(app, ["default"], "host-a:1:aaaa-0", block_ms=50)
     (d,) = link.broker.read(slow.name, ["default"], 10, None)
-    rclient.xclaim(_stream(app), keys.GROUP, "host-b:1:bbbb-0", 0, [d.entry_id])
+    time.sleep(0.1)  # idle long enough to be reclaimed (no claim waits less than 50 ms)
+    assert rclient.xclaim(_stream(app), keys.GROUP, "host-b:1:bbbb-0", 50, [d.entry_id])
     # host-a runs what it read, and writes its outcome with its ack.
     outcome = slow.executor.run(slow.executor.prepare(d))  # type: ignore[arg-type]
     link.transport.run(slow.writer.pack([outcome]))

@@ -92,6 +92,10 @@ class Settings:
                 f"invalid namespace {self.namespace!r}: use letters, digits, '-', '_' or ':'"
             )
         check_queue_name(self.default_queue)
+        if self.claim_after_s < 0.05 or self.heartbeat_s < 0.05:
+            raise ConfigurationError(
+                f"claim_after_s and heartbeat_s must be at least 0.05 seconds, got "
+                f"{self.claim_after_s} and {self.heartbeat_s}")
         if self.result_ttl <= 0:
             raise ConfigurationError(f"result_ttl must be positive seconds, got {self.result_ttl}")
 

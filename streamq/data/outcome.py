@@ -21,6 +21,8 @@ class Delivery:
     raw: bytes | None
     """The encoded message; None when the entry was deleted while pending."""
     deliveries: int = 1
+    read_at: float = 0.0
+    """When this consumer read it (``time.monotonic()``); 0 for a claimed entry."""
 
 
 class Succeeded(NamedTuple):

@@ -12,6 +12,7 @@ runs one chunk while the next is packed (``Transport.send``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -176,13 +177,15 @@ class Broker:
             return []
         out: list[Delivery] = []
         by_stream = {keys.stream(self.ns, q): q for q in every or queues}
+        now = time.monotonic()
         for reply in answers:
             # RESP3 (redis-py 8's default) answers a map, RESP2 a list of pairs.
             pairs = reply.items() if isinstance(reply, dict) else reply or ()
             for stream_key, entries in pairs:
                 queue = by_stream[as_str(stream_key)]
                 for entry_id, fields in entries:
-                    out.append(Delivery(queue, as_str(entry_id), entry_message(fields)))
+                    out.append(Delivery(queue, as_str(entry_id), entry_message(fields), 1,
+                                        now))
         return out
 
     def _groups_by_slot(self, queues: list[str]) -> list[list[str]]:

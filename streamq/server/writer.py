@@ -21,6 +21,10 @@ from ..data.outcome import COUNTED, Dead, Failed, Gone, Outcome, Released, Retri
 from .transport import Packed
 
 STATS_TTL_S = 3600
+FRESH_S = 0.05
+"""An entry read this recently cannot have been reclaimed by anyone: every claim waits
+for at least this much idle time (``Settings`` refuses a shorter ``claim_after_s`` or
+``heartbeat_s``), so its acknowledgement skips the ownership check."""
 
 
 class OutcomeWriter:
@@ -58,8 +62,11 @@ class OutcomeWriter:
         ns = self.ns
         keys_ = [keys.stream(ns, queue), keys.delayed(ns, queue),
                  keys.delayed_messages(ns, queue), keys.dead(ns, queue)]
+        fresh_after = time.monotonic() - FRESH_S
+        check = int(any(o.delivery.read_at < fresh_after for o in items
+                        if isinstance(o, Succeeded | Gone | Released)))
         args: list[Any] = [keys.GROUP, self.consumer, self.consumer, self.ttl_s,
-                           self.done_ttl_s]
+                           self.done_ttl_s, check]
         now = int(time.time() * 1000)
         for o in items:
             d = o.delivery

@@ -3,7 +3,9 @@
 -- KEYS[4] dead letters; then, for each outcome that has a task record, its record
 -- and its completion list, in the order of the outcomes.
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] worker, ARGV[4] record TTL (s),
--- ARGV[5] completion TTL (s); then per outcome a kind and its values:
+-- ARGV[5] completion TTL (s), ARGV[6] 1 to check that acknowledged entries are still
+-- ours ('0' when all were read too recently for anyone to have reclaimed them); then
+-- per outcome a kind and its values:
 --   'S' entry, result, ct, ce ('' = utf-8), deliveries, started_ms, runtime_ms  (success)
 --   'R' entry, task id, due ms, next message, record TTL, n, n field/value pairs (retry)
 --   'F' entry, message, reason, task, task id ('' = no record), at ms, deliveries,
@@ -20,7 +22,8 @@ local group, consumer, worker = ARGV[1], ARGV[2], ARGV[3]
 local ttl, done_ttl = ARGV[4], ARGV[5]
 local stream = KEYS[1]
 local acks = {}
-local k, pos, n = 5, 6, 0
+local k, pos, n = 5, 7, 0
+local check = ARGV[6] == '1'
 
 local function mine(entry)
   return #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) == 1
@@ -96,7 +99,10 @@ while pos <= #ARGV do
   end
   n = n + 1
 end
-if #acks > 0 then
+if #acks > 0 and not check then
+  redis.call('XACK', stream, group, unpack(acks))
+  redis.call('XDEL', stream, unpack(acks))
+elseif #acks > 0 then
   -- Acknowledge only entries still ours: one that another consumer reclaimed (this
   -- process was presumed dead) is that consumer's to finish. One XPENDING over the
   -- range of the batch answers for all of them.
