@@ -193,3 +193,14 @@ def retry_later(key: str, countdown: float) -> int:
     if n == 1:
         raise Retry(countdown=countdown)
     return n
+
+
+@app.task
+def hold_the_gil(key: str, seconds: int) -> int:
+    """Counts, then sleeps in a C call that keeps the interpreter lock (ctypes.PyDLL
+    does not release it), so no other thread of its process runs meanwhile."""
+    import ctypes
+
+    n = _incr(key)
+    ctypes.PyDLL(None).sleep(seconds)
+    return n

@@ -19,7 +19,7 @@ from streamq.worker.consumer import Consumer
 from tests import tasks
 from tests.conftest import wait_until
 
-FAST = ("--heartbeat", "0.2", "--claim-after", "0.5")
+FAST = ("--heartbeat", "0.2", "--claim-after", "0.6")
 
 
 def _stream(app: StreamQ) -> str:
@@ -151,3 +151,41 @@ def test_a_full_server_is_drained_and_nothing_is_acknowledged_without_its_record
     assert {h.status for h in handles} == {Status.SUCCESS}
     assert "died with exit code" not in w.output()
     assert w.stop() == 0
+
+
+def test_a_task_holding_the_gil_is_not_stolen(app: StreamQ, start_worker: Any) -> None:
+    """A C call that keeps the interpreter lock stops its process's own heartbeats: it
+    used to be reclaimed and run again (4 runs of one 8-second task). The supervisor,
+    which runs no task code, renews the leases and the registration."""
+    a = start_worker(app.settings.url, "-c", "1", *FAST)
+    res = tasks.hold_the_gil.delay("gil", 3)
+    wait_until(lambda: tasks.count_of("gil") == 1, message="the task to start")
+    b = start_worker(app.settings.url, "-c", "1", *FAST)  # idle, reclaims what it can
+    assert res.get(timeout=20) == 1
+    assert tasks.count_of("gil") == 1
+    assert "Reclaimed" not in a.output() + b.output()
+    assert a.stop() == 0 and b.stop() == 0
+
+
+def test_workers_are_judged_by_their_own_heartbeat(app: StreamQ, start_worker: Any) -> None:
+    """A worker with --heartbeat 0.2 took a default worker (5 s heartbeats) for dead
+    after 0.6 s and ran its live task again."""
+    slow = start_worker(app.settings.url, "-c", "1", "--heartbeat", "2",
+                        env={"STREAMQ_HEARTBEAT_S": "2"})
+    res = tasks.sleep_then_count.delay("own-hb", 4.0)
+    wait_until(lambda: tasks.count_of("own-hb") == 1, message="the task to start")
+    fast = start_worker(app.settings.url, "-c", "1", *FAST)
+    assert res.get(timeout=20) == 1
+    assert tasks.count_of("own-hb") == 1
+    assert "Reclaimed" not in fast.output()
+    assert slow.stop() == 0 and fast.stop() == 0
+
+
+def test_three_heartbeats_must_fit_in_the_claim_threshold() -> None:
+    import pytest
+
+    from streamq import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="at least three heartbeats"):
+        StreamQ(heartbeat_s=1.0, claim_after_s=2.0)
+    assert StreamQ(heartbeat_s=1.0, claim_after_s=3.0).settings.claim_after_s == 3.0

@@ -96,6 +96,11 @@ class Settings:
             raise ConfigurationError(
                 f"claim_after_s and heartbeat_s must be at least 0.05 seconds, got "
                 f"{self.claim_after_s} and {self.heartbeat_s}")
+        if 3 * self.heartbeat_s > self.claim_after_s + 1e-9:
+            raise ConfigurationError(
+                f"claim_after_s ({self.claim_after_s:g}) must be at least three heartbeats "
+                f"(heartbeat_s={self.heartbeat_s:g}): an idle entry is only reclaimed once "
+                f"its worker has missed three")
         if self.result_ttl <= 0:
             raise ConfigurationError(f"result_ttl must be positive seconds, got {self.result_ttl}")
 

@@ -2,11 +2,13 @@
 
 Knows messages only as encoded strings and records as field/value pairs built by
 ``streamq.data.record``. delay() writes the record (HSET, EXPIRE) then the message
-(XADD; delayed: HSET + ZADD in a MULTI) as native commands in one write: about 12 us
-of server work, against 35 us for the same steps in a script. A run of calls of one
-task to one queue (map()) is one ``enqueue_many`` script per 100 calls instead: one
-reply per 100 calls costs the client far less than three per call, and the server
-runs one chunk while the next is packed (``Transport.send``).
+(XADD; an eta: HSET + ZADD in a MULTI) as native commands in one write: about 12 us
+of server work, against 35 us for the same steps in a script. A countdown is one
+script (``promote.lua``'s schedule), since only the server's clock, not the
+producer's, may turn it into a due time. A run of calls of one task to one queue
+(map()) is one ``enqueue_many`` script per 100 calls instead: one reply per 100 calls
+costs the client far less than three per call, and the server runs one chunk while
+the next is packed (``Transport.send``).
 """
 
 from __future__ import annotations
@@ -48,16 +50,29 @@ class Broker:
     # -- producing -------------------------------------------------------------------
     def enqueue_commands(self, out: list[bytes], task_id: str, queue: str,
                          record: list[Any], ttl_s: int, encoded: str, due_ms: int | None,
-                         routed: bool) -> None:
+                         routed: bool, *, countdown_ms: int | None = None) -> None:
         """Append the packed commands of one enqueue to ``out``: the record first, so
         a message never exists without its record and its id never reads UNKNOWN.
         ``routed``: the id carries its queue; otherwise its queue is written where
-        ``AsyncResult`` looks it up (``keys.task_queue``)."""
+        ``AsyncResult`` looks it up (``keys.task_queue``).
+
+        ``countdown_ms`` (> 0): due that long after the server's clock (TIME), which
+        the server reads itself: the producer's clock may be off by minutes. It wins
+        over ``due_ms``, which then only served the caller's record (the script writes
+        the server's due time into it). ``due_ms`` alone is an absolute wall-clock
+        time (an ``eta``), kept as given. ``ttl_s`` must cover the wait either way."""
         ns = self.ns
         record_key = keys.record(ns, queue, task_id)
         if not routed:
             out.append(pack("SET", keys.task_queue(ns, task_id), queue, "EX", ttl_s))
-        if due_ms:
+        if countdown_ms is not None and countdown_ms > 0:
+            # One script (atomic like the transaction below): only the server's clock
+            # turns the countdown into a due time.
+            out.append(script_command(
+                "promote", [keys.delayed(ns, queue), keys.delayed_messages(ns, queue),
+                            record_key],
+                ["S", task_id, encoded, int(countdown_ms), ttl_s, *record]))
+        elif due_ms:
             # A transaction: a connection lost between the delayed message (a hash
             # field with no TTL) and its ZADD would leave the message forever.
             out += (MULTI, pack("HSET", record_key, *record), pack("EXPIRE", record_key, ttl_s),

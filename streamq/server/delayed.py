@@ -1,5 +1,9 @@
 """The delayed set: messages due later (countdown, eta, retry backoff), promoted into
-their stream by ``promote.lua`` once due, by any number of workers at once."""
+their stream by ``promote.lua`` once due, by any number of workers at once.
+
+Due times are compared with the server's clock (``TIME`` inside the script), never
+with the clock of the worker that promotes: workers whose clocks disagree all promote
+a message at the same moment, when it is due."""
 
 from __future__ import annotations
 
@@ -12,10 +16,13 @@ class Delayed:
         self.transport = transport
         self.ns = namespace
 
-    def promote(self, queue: str, now_ms: int, limit: int = 500) -> tuple[int, int | None]:
-        """Move due messages; returns (moved, next due time in ms or None)."""
+    def promote(self, queue: str, now_ms: int | None = None, limit: int = 500
+                ) -> tuple[int, int | None]:
+        """Move messages due by the server's clock; returns (moved, next due time in
+        ms or None). ``now_ms`` is ignored (kept for callers that pass their clock):
+        a worker's clock may be off by minutes."""
         ns = self.ns
         moved, nxt = self.transport.call(
             "promote", [keys.delayed(ns, queue), keys.delayed_messages(ns, queue),
-                        keys.stream(ns, queue)], [now_ms, limit])
+                        keys.stream(ns, queue)], ["P", limit])
         return int(moved), (None if int(nxt) < 0 else int(nxt))

@@ -104,10 +104,20 @@ class Recovery:
             out += self._claim(queue, [as_str(p["message_id"]) for p in stale], min_idle_ms)
         return out
 
-    def autoclaim(self, queue: str, min_idle_ms: int) -> list[Delivery]:
-        reply = self.client.xautoclaim(self._stream(queue), keys.GROUP, self.consumer,
-                                       min_idle_ms, "0-0", count=self.page)
-        return self._with_counts(queue, reply[1])
+    def autoclaim(self, queue: str, min_idle_ms: int, live: set[str] | None = None
+                  ) -> list[Delivery]:
+        """Entries idle longer than ``min_idle_ms``, except those of ``live`` workers:
+        a live worker's supervisor renews its leases, and each worker is judged by its
+        own heartbeat (``Registry.live``), not by this one's ``claim_after_s``."""
+        if live is None:
+            reply = self.client.xautoclaim(self._stream(queue), keys.GROUP, self.consumer,
+                                           min_idle_ms, "0-0", count=self.page)
+            return self._with_counts(queue, reply[1])
+        idle: list[dict[str, Any]] = self.client.xpending_range(
+            self._stream(queue), keys.GROUP, "-", "+", self.page, idle=min_idle_ms)
+        ids = [as_str(p["message_id"]) for p in idle
+               if worker_of(as_str(p["consumer"])) not in live]
+        return self._claim(queue, ids, min_idle_ms)
 
     def _claim(self, queue: str, entry_ids: list[str], min_idle_ms: int) -> list[Delivery]:
         """XCLAIM entries to this consumer; deleted entries drop out (Redis 7+)."""
@@ -130,6 +140,12 @@ class Recovery:
         counts = {as_str(p["message_id"]): int(p["times_delivered"]) for p in pend}
         return [Delivery(queue, i, entry_message(f), counts.get(i, 1))
                 for i, (_, f) in zip(ids, entries, strict=True)]
+
+    def renew(self, queue: str) -> int:
+        """Refresh the idle time of every entry pending for this consumer (its lease),
+        from outside the process that runs its tasks; returns how many."""
+        return int(self.transport.call("renew", [self._stream(queue)],
+                                       [keys.GROUP, self.consumer, 100_000]))
 
     def heartbeat(self, queue: str, entry_ids: list[str]) -> list[str]:
         """Refresh the idle time of entries still ours; returns the ids we lost."""

@@ -36,12 +36,29 @@ class Registry:
         pipe.zadd(keys.workers(self.ns), {worker_id: now})
         pipe.execute()
 
-    def live(self, within_ms: int) -> set[str]:
-        """Workers that heartbeated in the last ``within_ms``."""
-        # Members only: without withscores there are no (member, score) pairs.
-        ids = cast("list[bytes | str]", self.connection.client.zrangebyscore(
-            keys.workers(self.ns), now_ms() - within_ms, "+inf"))
-        return {as_str(i) for i in ids}
+    def live(self, heartbeats: int = 3, default_heartbeat_s: float = 5.0) -> set[str]:
+        """Workers that heartbeated within ``heartbeats`` of their own heartbeat period
+        (registered with them): a worker with a short period must not take one with a
+        long period for dead."""
+        client = self.connection.client
+        now = now_ms()
+        scored = cast("list[tuple[bytes, float]]", client.zrangebyscore(
+            keys.workers(self.ns), now - DEAD_WORKER_LISTED_MS, "+inf", withscores=True))
+        if not scored:
+            return set()
+        pipe = client.pipeline(transaction=False)
+        for worker_id, _ in scored:
+            pipe.hget(keys.worker(self.ns, as_str(worker_id)), "heartbeat_s")
+        periods = pipe.execute(raise_on_error=False)
+        live = set()
+        for (worker_id, score), period in zip(scored, periods, strict=True):
+            try:
+                hb_s = float(period) if isinstance(period, bytes | str) else default_heartbeat_s
+            except ValueError:
+                hb_s = default_heartbeat_s
+            if now - int(score) <= heartbeats * hb_s * 1000:
+                live.add(as_str(worker_id))
+        return live
 
     def deregister(self, worker_id: str) -> None:
         pipe = self.connection.client.pipeline(transaction=False)

@@ -259,12 +259,13 @@ class Consumer:
         after three, and anything idle longer than ``claim_after_s``."""
         hb_ms = int(self.settings.heartbeat_s * 1000)
         rec = self.recovery
-        live = self.link.registry.live(3 * hb_ms) | {self.worker_id}
+        live = self.link.registry.live(3, self.settings.heartbeat_s) | {self.worker_id}
         held = self.held.entry_ids()
         for q in self.reading:
             got = rec.guarded(q, rec.orphans, set(held.get(q, ())), 2 * hb_ms)
             got += rec.guarded(q, rec.of_dead_workers, live, 3 * hb_ms)
-            got += rec.guarded(q, rec.autoclaim, int(self.settings.claim_after_s * 1000))
+            got += rec.guarded(q, rec.autoclaim, int(self.settings.claim_after_s * 1000),
+                               live)
             if got:
                 log.warning("Reclaimed %d message(s) on queue %s from dead consumers.",
                             len(got), q)

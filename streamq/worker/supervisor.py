@@ -27,6 +27,7 @@ from ..data.outcome import Released
 from ..server.recovery import Recovery
 from ..server.writer import OutcomeWriter
 from . import metrics
+from .leases import Leases
 from .limits import LimitSlot
 
 if TYPE_CHECKING:
@@ -105,6 +106,10 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         self._prune_registry()
         observer = self._watch() if self._reload_dirs else None
+        leases = Leases(self.app.server, self.worker_id, lambda: self.worker_info,
+                        [slot.consumer for slot in self._slots], self.queues,
+                        self.app.settings.heartbeat_s)
+        leases.start()
         for slot in self._slots:
             self._spawn(slot)
         try:
@@ -113,6 +118,7 @@ class Supervisor:
                 time.sleep(0.02)
             code = self._shutdown()
         finally:
+            leases.stop()
             if observer is not None:
                 observer.stop()
                 observer.join(5)
