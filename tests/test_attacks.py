@@ -189,3 +189,14 @@ def test_three_heartbeats_must_fit_in_the_claim_threshold() -> None:
     with pytest.raises(ConfigurationError, match="at least three heartbeats"):
         StreamQ(heartbeat_s=1.0, claim_after_s=2.0)
     assert StreamQ(heartbeat_s=1.0, claim_after_s=3.0).settings.claim_after_s == 3.0
+
+
+def test_worker_ids_do_not_collide_across_containers() -> None:
+    """Containers that share a host name and all run as pid 1 used to draw a worker id
+    from only 16 random bits."""
+    from streamq.base.ids import new_worker_id, parse_worker_id
+
+    ids = {str(new_worker_id()) for _ in range(20_000)}
+    assert len(ids) == 20_000
+    token = parse_worker_id(next(iter(ids)))
+    assert token is not None and len(token.token) * 4 >= 64
