@@ -128,7 +128,7 @@ def test_a_waiter_learns_at_once_that_the_task_was_forgotten(app: StreamQ) -> No
     def wait() -> None:
         try:
             res.get(timeout=10)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             raised.append(exc)
         woke.append(time.monotonic())
 

@@ -94,6 +94,7 @@ class AsyncResult:
         queue = self._where()
         if queue is not None:
             self._store.forget(queue, self.id)
+        self._sent_at = None  # get() must not assume a record any more
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """Wait for the task to finish and return its value.
@@ -126,25 +127,29 @@ class AsyncResult:
                 status = store.mark(queue, self.id)
                 payload = None if status is None else store.wait_done(queue, self.id, block)
                 known = True
+            if status is None:  # no record when marked: nothing will complete
+                raise self._not_found()
             if payload is not None:
                 done = record.decode_completion(payload)
                 if done is not None:
                     return serialization.loads(done[2], done[0], done[1],
                                                accept=self.app.accept_content_types)
-            if status is None:
-                raise ResultNotFoundError(
-                    f"no record for task {self.id}: it was never enqueued here, was "
-                    f"forgotten, or its record expired (result_ttl)")
-            if payload is not None:
                 rec = self._record()
                 if rec.get(record.STATUS) in record.FINAL:
                     return self._outcome(rec, propagate)
+                if not rec:  # forgotten (or expired) while we waited
+                    raise self._not_found()
                 # A completion from an earlier run of a requeued task: it answers at
                 # once, so pace the loop instead of spinning on it.
                 time.sleep(min(0.1, remaining or 0.1))
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeoutError(
                     f"task {self.id} did not finish within the timeout (status {status})")
+
+    def _not_found(self) -> ResultNotFoundError:
+        return ResultNotFoundError(
+            f"no record for task {self.id}: it was never enqueued here, was "
+            f"forgotten, or its record expired (result_ttl)")
 
     @property
     def _max_block_s(self) -> float:

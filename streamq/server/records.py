@@ -7,6 +7,12 @@ success). So a waiter wakes the moment the task finishes, consumes nothing (any
 number of waiters), and usually gets the result with the wake-up; tasks nobody waits
 for cost no list. Nothing polls.
 
+A waiter whose record is gone must not block: ``forget`` pushes ``GONE`` onto the
+completion list (waking anyone blocked there), and so does ``wait.lua`` for an
+unknown id when a BLMOVE follows in the same round trip. ``GONE`` is no completion
+(``record.decode_completion`` reads None); the waiter finds no record and says so.
+It lives ``GONE_TTL_MS``: only until the blocked reads have taken it.
+
 A record's keys live under its queue's hash tag; the queue comes from the task id
 (``ids.queue_of``) or, for an id the caller chose, from ``keys.task_queue``.
 """
@@ -20,7 +26,11 @@ from ..base.ids import queue_of
 from ..base.settings import Settings
 from ..data import record
 from .broker import as_str
-from .transport import Packed, Transport
+from .transport import EXEC, MULTI, Packed, Transport, pack
+
+GONE = b"U"
+"""Pushed onto a completion list whose record is gone (see the module docstring)."""
+GONE_TTL_MS = 1000
 
 
 class RecordStore:
@@ -50,9 +60,12 @@ class RecordStore:
         return as_str(value) if value else None
 
     def forget(self, queue: str, task_id: str) -> None:
-        client = self.transport.connection.client
-        client.delete(keys.record(self.ns, queue, task_id), keys.done(self.ns, queue, task_id))
-        client.delete(keys.task_queue(self.ns, task_id))  # another slot
+        """Delete the record and its completions, waking its waiters with ``GONE``."""
+        record_key, done = self._wait_keys(queue, task_id)
+        self.transport.run(Packed([
+            MULTI, pack("DEL", record_key, done), pack("RPUSH", done, GONE),
+            pack("PEXPIRE", done, GONE_TTL_MS), EXEC,
+            pack("DEL", keys.task_queue(self.ns, task_id))]))  # another slot
 
     def mark_started(self, queue: str, task_id: str, worker: str, deliveries: int) -> None:
         """STARTED, for a task that runs long enough for someone to look."""
@@ -73,13 +86,14 @@ class RecordStore:
 
     def mark_and_wait(self, queue: str, task_id: str, seconds: float
                       ) -> tuple[str | None, bytes | None]:
-        """``mark`` and ``wait_done`` in one round trip."""
+        """``mark`` and ``wait_done`` in one round trip. For an unknown id the status
+        is None and the read answers at once (``GONE``): it does not block."""
         # A NOSCRIPT here would leave the record unmarked while the BLMOVE after it
         # blocks a whole slice: the task's completion would never be pushed to it.
         self.transport.ensure_scripts()
         record_key, done = self._wait_keys(queue, task_id)
         packed = Packed()
-        packed.script("wait", [record_key, done], [self.done_ttl_s])
+        packed.script("wait", [record_key, done], [self.done_ttl_s, GONE, GONE_TTL_MS])
         packed.command("BLMOVE", done, done, "RIGHT", "LEFT", seconds)
         status, payload = self.transport.run(packed)
         return (as_str(status) if status else None), payload

@@ -80,7 +80,8 @@ class OutcomeWriter:
                          d.deliveries, o.started_ms, int(o.runtime_s * 1000))
             elif isinstance(o, Retried):
                 keys_ += (keys.record(ns, queue, o.task_id), keys.done(ns, queue, o.task_id))
-                args += ("R", d.entry_id, o.task_id, o.due_ms, o.message, o.record_ttl_s,
+                args += ("R", d.entry_id, o.task_id, int(o.countdown_s * 1000), o.message,
+                         o.record_ttl_s,
                          len(o.record) // 2, *o.record)
             elif isinstance(o, Failed | Dead):
                 task_id = o.task_id or ""

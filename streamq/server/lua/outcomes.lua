@@ -7,7 +7,8 @@
 -- ours ('0' when all were read too recently for anyone to have reclaimed them); then
 -- per outcome a kind and its values:
 --   'S' entry, result, ct, ce ('' = utf-8), deliveries, started_ms, runtime_ms  (success)
---   'R' entry, task id, due ms, next message, record TTL, n, n field/value pairs (retry)
+--   'R' entry, task id, delay ms, next message, record TTL, n, n field/value pairs
+--       (a retry, due that long after the server's clock)
 --   'F' entry, message, reason, task, task id ('' = no record), at ms, deliveries,
 --       retries, n, n field/value pairs                                        (dead letter)
 --   'A' entry                                                    (acknowledge only)
@@ -61,10 +62,15 @@ while pos <= #ARGV do
     local entry, task_id = ARGV[pos + 1], ARGV[pos + 2]
     local count = tonumber(ARGV[pos + 6])
     if mine(entry) then
+      -- Due by the server's clock, the one promote.lua reads: workers' clocks differ.
+      local t = redis.call('TIME')
+      local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        + tonumber(ARGV[pos + 3])
       hset(KEYS[k], pos + 7, count)
+      redis.call('HSET', KEYS[k], F.eta_ms, due)
       redis.call('EXPIRE', KEYS[k], ARGV[pos + 5])
       redis.call('HSET', KEYS[3], task_id, ARGV[pos + 4])
-      redis.call('ZADD', KEYS[2], ARGV[pos + 3], task_id)
+      redis.call('ZADD', KEYS[2], due, task_id)
       drop(entry)
     end
     k, pos = k + 2, pos + 7 + 2 * count
