@@ -204,3 +204,21 @@ def hold_the_gil(key: str, seconds: int) -> int:
     n = _incr(key)
     ctypes.PyDLL(None).sleep(seconds)
     return n
+
+
+@app.task
+def big_result(size: int) -> str:
+    """Returns a string of ``size`` characters (larger than a lowered server limit)."""
+    return "x" * size
+
+
+@app.task
+def big_error(size: int) -> None:
+    """Raises an error whose message is ``size`` characters long."""
+    raise ValueError("e" * size)
+
+
+@app.task
+def new_in_this_release(key: str) -> int:
+    """A task that ``tests.tasks_old`` (the release before) does not have."""
+    return _incr(key)

@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import groupby
 from typing import Any, overload
 
-from ..base.errors import ConfigurationError
+from ..base.errors import (
+    BrokerConnectionError,
+    BrokerError,
+    ConfigurationError,
+    EnqueueConnectionError,
+    EnqueueError,
+    MessageTooLargeError,
+)
 from ..base.ids import queue_of
 from ..base.settings import Settings, check_queue_name, mask_url
 from ..data import record, serialization
@@ -28,6 +35,13 @@ from .task import P, R, Task, TaskOptions, build_message, due_ms_from
 log = logging.getLogger(__name__)
 
 _BATCH = 100  # calls per batch, and per script call: bounds how long one blocks the server
+
+DEFAULT_VALUE_LIMIT = 512 * 1024 * 1024
+"""The server's ``proto-max-bulk-len`` by default: assumed when CONFIG is refused."""
+SURE_TO_FIT = 1024 * 1024 // 6 - 16 * 1024
+"""Bodies up to this many characters fit in any server's value limit once wrapped in
+their envelope (the least ``proto-max-bulk-len`` is 1 MiB; quoting turns a character
+into at most 6 bytes), so only longer ones are measured."""
 
 
 class StreamQ:
@@ -44,6 +58,7 @@ class StreamQ:
         self.registry: dict[str, Task[Any, Any]] = {}
         self.hooks = Hooks()
         self._server: ServerLink | None = None
+        self._value_limit: int | None = None
 
     def __repr__(self) -> str:
         return f"<StreamQ namespace={self.settings.namespace!r} url={self.masked_url}>"
@@ -69,9 +84,28 @@ class StreamQ:
         self.close()
 
     def close(self) -> None:
+        self._value_limit = None
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    def value_limit(self) -> int:
+        """The largest value, in bytes, the server accepts as one command argument (a
+        message, a result): its ``proto-max-bulk-len``, read on first use and kept
+        until ``close()``; 512 MiB (the default) when CONFIG is refused. Raises
+        ``BrokerConnectionError`` when the server cannot be reached."""
+        limit = self._value_limit
+        if limit is None:
+            try:
+                reply = self.server.connection.client.config_get("proto-max-bulk-len")
+                value = next(iter(reply.values()), None) if reply else None
+                limit = int(value) if value is not None else DEFAULT_VALUE_LIMIT
+            except BrokerConnectionError:
+                raise
+            except (BrokerError, ValueError):  # CONFIG disabled or renamed (managed servers)
+                limit = DEFAULT_VALUE_LIMIT
+            self._value_limit = limit
+        return limit
 
     def add_hook(self, hook: Hook) -> None:
         """Run ``hook`` at each step of this app's tasks (see ``streamq.Hook``)."""
@@ -127,21 +161,35 @@ class StreamQ:
         return AsyncResult(task_id, self)
 
     # -- enqueue ----------------------------------------------------------------------
-    def enqueue(self, prepared: Sequence[tuple[Message, int | None]]) -> list[_AsyncResult]:
+    def enqueue(self, prepared: Sequence[tuple[Message, int | None]], *, many: bool = False
+                ) -> list[_AsyncResult]:
         """Write records and messages for prepared calls, each record before its
         message, in batches of ``_BATCH`` calls streamed on one connection:
         ``delay()`` is one round trip, and ``map()`` packs the next batch while the
-        server runs the one before."""
+        server runs the one before.
+
+        A message larger than the server accepts (``value_limit``) is refused with
+        ``MessageTooLargeError`` before anything is sent. Several calls (or ``many``,
+        as ``map()`` asks) that fail part way raise ``EnqueueError``, which says which
+        calls were enqueued; one call raises the server's error itself."""
         broker, ttl = self.server.broker, self.settings.result_ttl
 
-        if len(prepared) == 1:  # delay(): one batch, nothing to group or stream
+        if len(prepared) == 1 and not many:  # delay(): one batch, nothing to stream
             message, due = prepared[0]
             commands: list[bytes] = []
-            self._enqueue_one(commands, message, due, message.enqueued_ms, ttl)
+            encoded = message.encode()
+            if len(encoded) > SURE_TO_FIT:
+                self._check_size(message, encoded)
+            self._enqueue_one(commands, message, due, message.enqueued_ms, ttl, encoded)
             broker.send_one(commands)
             self._emit_enqueued(prepared)
             return [AsyncResult(message.id, self, queue=message.queue,
                                 sent_at=time.monotonic())]
+
+        for m, _ in prepared:
+            if len(m.body) > SURE_TO_FIT:
+                self._check_sizes(prepared)
+                break
 
         def batches() -> Iterator[list[bytes]]:
             for start in range(0, len(prepared), _BATCH):
@@ -164,19 +212,70 @@ class StreamQ:
                             self._enqueue_one(commands, message, due, enq, ttl)
                 yield commands
 
-        broker.send_many(batches())
+        answered: list[bool] = []
+        try:
+            # (Broker.send_many without the report of which batches were written.)
+            broker.transport.send(batches(), answered)
+        except BrokerError as exc:
+            raise self._partly_enqueued(prepared, answered, exc) from exc
         self._emit_enqueued(prepared)
         sent_at = time.monotonic()
         return [AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at) for m, _ in prepared]
 
     def _enqueue_one(self, out: list[bytes], message: Message, due: int | None, enq: int,
-                     ttl: int) -> None:
+                     ttl: int, encoded: str | None = None) -> None:
         # Keep a scheduled record alive at least until it is due.
         wait_s = max(0, (due - enq) // 1000) if due else 0
         self.server.broker.enqueue_commands(
             out, message.id, message.queue,
             record.enqueued(message.task, message.queue, enq, due), ttl + wait_s,
-            message.encode(), due, queue_of(message.id) == message.queue)
+            message.encode() if encoded is None else encoded, due,
+            queue_of(message.id) == message.queue)
+
+    def _check_size(self, message: Message, encoded: str, where: str = "") -> None:
+        """Refuse a message the server would not accept (a long one: measured exactly)."""
+        limit = self.value_limit()
+        if len(encoded) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
+            return
+        size = len(encoded.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise MessageTooLargeError(
+                f"{message.task}(){where}: its message of {size} bytes exceeds the "
+                f"server's limit of {limit} bytes (proto-max-bulk-len); nothing was sent",
+                size, limit)
+
+    def _check_sizes(self, prepared: Sequence[tuple[Message, int | None]]) -> None:
+        """``_check_size`` for each long message of several (before any is sent)."""
+        for i, (m, _) in enumerate(prepared):
+            if len(m.body) > SURE_TO_FIT:
+                self._check_size(m, m.encode(), f" (call {i + 1} of {len(prepared)})")
+
+    def _partly_enqueued(self, prepared: Sequence[tuple[Message, int | None]],
+                         answered: list[bool], exc: BrokerError) -> EnqueueError:
+        """The error of a multi-call enqueue that failed after ``answered`` batches."""
+        sent_at = time.monotonic()
+        handles: list[_AsyncResult] = []
+        enqueued: list[_AsyncResult] = []
+        unknown: list[_AsyncResult] = []
+        written: list[tuple[Message, int | None]] = []
+        for n, ok in enumerate(answered):
+            batch = prepared[n * _BATCH:(n + 1) * _BATCH]
+            if ok:
+                written += batch
+            for m, _ in batch:
+                handle = AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at if ok else None)
+                handles.append(handle)
+                (enqueued if ok else unknown).append(handle)
+        not_sent = [AsyncResult(m.id, self, queue=m.queue)
+                    for m, _ in prepared[len(answered) * _BATCH:]]
+        handles += not_sent
+        self._emit_enqueued(written)
+        cause = " ".join(str(exc).split())
+        cls = EnqueueConnectionError if isinstance(exc, BrokerConnectionError) else EnqueueError
+        return cls(f"enqueueing {len(prepared)} calls failed part way: {len(enqueued)} "
+                   f"enqueued, {len(unknown)} unknown (their batch failed or got no reply), "
+                   f"{len(not_sent)} not sent: {cause}", exc.code, handles=handles,
+                   enqueued=enqueued, unknown=unknown, not_sent=not_sent)
 
     def _emit_enqueued(self, prepared: Sequence[tuple[Message, int | None]]) -> None:
         if self.hooks.wants("enqueued"):

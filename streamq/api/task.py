@@ -27,8 +27,10 @@ class TaskApp(Protocol):
     @property
     def settings(self) -> Settings: ...
 
-    def enqueue(self, prepared: Sequence[tuple[Message, int | None]]) -> list[AsyncResult]:
-        ...
+    def enqueue(self, prepared: Sequence[tuple[Message, int | None]], *, many: bool = False
+                ) -> list[AsyncResult]: ...
+
+    def value_limit(self) -> int: ...
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -166,7 +168,9 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
-        """Enqueue a call with these arguments; returns its ``AsyncResult``."""
+        """Enqueue a call with these arguments; returns its ``AsyncResult``. A call
+        whose message is larger than the server accepts raises
+        ``MessageTooLargeError``, and nothing is sent."""
         return self.app.enqueue([self.prepare(args, kwargs)])[0]
 
     def apply_async(
@@ -187,12 +191,17 @@ class Task(Generic[P, R]):
 
     def map(self, iterable: Iterable[Any]) -> list[AsyncResult]:
         """Enqueue one call per item, in pipelined batches. A tuple item is the
-        positional arguments; any other item is the single argument."""
+        positional arguments; any other item is the single argument.
+
+        Nothing is sent when a call is refused (wrong arguments, a message larger than
+        the server accepts: ``MessageTooLargeError``). When the server fails part
+        way, ``EnqueueError`` says which calls were enqueued, which may have been and
+        which were not sent: send again only what was not enqueued."""
         prepared = [
             self.prepare(item if isinstance(item, tuple) else (item,), {})
             for item in iterable
         ]
-        return self.app.enqueue(prepared)
+        return self.app.enqueue(prepared, many=True)
 
     def prepare(
         self,

@@ -6,10 +6,15 @@ Error tree (all derive from ``StreamQError``)::
     ├── ConfigurationError            bad settings, URL, or CLI input
     ├── SerializationError
     │   ├── EncodeError               arguments or a result the serializer cannot encode
-    │   └── DecodeError               a payload that cannot be decoded (carries raw bytes)
+    │   ├── DecodeError               a payload that cannot be decoded (carries raw bytes)
+    │   └── MessageTooLargeError      a call's message larger than the server accepts in one
+    │                                 value (``proto-max-bulk-len``): refused before sending
     ├── TaskNotRegisteredError        a message names a task this process does not know
     ├── BrokerError
-    │   └── BrokerConnectionError     (also a builtin ConnectionError) server unreachable
+    │   ├── BrokerConnectionError     (also a builtin ConnectionError) server unreachable
+    │   └── EnqueueError              map() failed part way: carries what was enqueued
+    │       └── EnqueueConnectionError    ... because the server could not be reached
+    │                                     (also a BrokerConnectionError)
     ├── EmbeddedServerError           the embedded Valkey server could not be started
     └── ResultError
         ├── ResultTimeoutError        (also a builtin TimeoutError) get() timed out
@@ -65,6 +70,50 @@ class BrokerError(StreamQError):
 
 class BrokerConnectionError(BrokerError, ConnectionError):
     """The Redis server cannot be reached (the URL is shown with its password masked)."""
+
+
+class MessageTooLargeError(SerializationError):
+    """A value is larger than the server accepts in one command argument (its
+    ``proto-max-bulk-len``, 512 MiB unless lowered): ``size`` and ``limit`` in bytes.
+
+    Raised by ``delay()``, ``apply_async()``, ``map()`` and ``send_by_name()`` for a
+    call whose encoded message is too large, before anything is sent; a worker whose
+    task returns a result that large stores a FAILURE with this error's name."""
+
+    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class EnqueueError(BrokerError):
+    """Enqueueing several calls (``map()``) failed part way; the cause is chained.
+
+    The calls' handles, each list in the order of the calls:
+
+    - ``enqueued``: written for sure (their batches were answered without an error);
+    - ``unknown``: in a batch whose reply was an error or never came, so each may or
+      may not have been written: read ``.status`` (``UNKNOWN``: not enqueued, since a
+      record is always written before its message) before sending one again;
+    - ``not_sent``: never sent, so not enqueued;
+    - ``handles``: all of them, ``handles[i]`` being the i-th call (to find the items
+      to send again).
+
+    Sending stops at the first error, so what follows it is ``not_sent``."""
+
+    def __init__(self, message: str, code: str = "", *, handles: list[Any] | None = None,
+                 enqueued: list[Any] | None = None, unknown: list[Any] | None = None,
+                 not_sent: list[Any] | None = None) -> None:
+        super().__init__(message, code)
+        self.handles: list[Any] = handles or []
+        self.enqueued: list[Any] = enqueued or []
+        self.unknown: list[Any] = unknown or []
+        self.not_sent: list[Any] = not_sent or []
+
+
+class EnqueueConnectionError(EnqueueError, BrokerConnectionError):
+    """An ``EnqueueError`` whose cause is a lost or refused connection: still a
+    ``BrokerConnectionError`` (and ``ConnectionError``), as it was before."""
 
 
 class EmbeddedServerError(StreamQError):

@@ -30,6 +30,9 @@ class Message(NamedTuple):
 
     ``retries`` counts the attempts that failed and were retried so far; the
     delivery count of the current attempt comes from the stream's pending list.
+    ``handbacks`` counts how often workers that did not know the task handed this
+    attempt back (a rolling deploy); it is written only when not 0, and an envelope
+    without it (any older one) reads as 0.
     """
 
     id: str
@@ -43,6 +46,7 @@ class Message(NamedTuple):
     eta_ms: int | None = None
     last_error: str | None = None
     version: int = SCHEMA_VERSION
+    handbacks: int = 0
 
     def encode(self) -> str:
         """The JSON envelope, written directly (this runs once per enqueued call)."""
@@ -58,6 +62,8 @@ class Message(NamedTuple):
             extra += f',"eta_ms":{int(self.eta_ms)}'
         if self.last_error is not None:
             extra += f',"error":{_quote(self.last_error)}'
+        if self.handbacks:
+            extra += f',"handbacks":{int(self.handbacks)}'
         return (f'{{"v":{int(self.version)},"id":{_quote(self.id)},"task":{_quote(self.task)},'
                 f'"queue":{_quote(self.queue)},"ct":{_quote(self.content_type)},'
                 f'"ce":{_quote(self.content_encoding)},"body":{_quote(text)},'
@@ -81,20 +87,33 @@ class Message(NamedTuple):
             retries = int(get("retries", 0))
             if retries < 0:
                 raise ValueError("negative retries")
+            handbacks = get("handbacks")
+            if handbacks is not None:
+                handbacks = int(handbacks)
+                if handbacks < 0:
+                    raise ValueError("negative handbacks")
             # Positional: this runs once per task, and keywords cost a third more.
             return cls(str(doc["id"]), str(doc["task"]), str(doc["queue"]), str(doc["ct"]),
                        str(doc["ce"]), body, retries, int(get("enq_ms", 0)),
-                       get("eta_ms"), get("error"), int(get("v", SCHEMA_VERSION)))
+                       get("eta_ms"), get("error"), int(get("v", SCHEMA_VERSION)),
+                       handbacks or 0)
         except Exception as exc:
             raise DecodeError(f"malformed message envelope: {_explain(raw, exc)}", raw) \
                 from exc
 
     def with_retry(self, error: str | None, eta_ms: int | None) -> Message:
-        return self._replace(retries=self.retries + 1, last_error=error, eta_ms=eta_ms)
+        """The next attempt (its own hand-backs start over)."""
+        return self._replace(retries=self.retries + 1, last_error=error, eta_ms=eta_ms,
+                             handbacks=0)
+
+    def handed_back(self, eta_ms: int) -> Message:
+        """The same attempt, handed back by a worker that does not know its task: due
+        at ``eta_ms``, one more hand-back, and no retry counted."""
+        return self._replace(handbacks=self.handbacks + 1, eta_ms=eta_ms)
 
     def reset(self) -> Message:
         """The message as requeued from dead letters: retries start over."""
-        return self._replace(retries=0, last_error=None, eta_ms=None)
+        return self._replace(retries=0, last_error=None, eta_ms=None, handbacks=0)
 
 
 # The head ``Message.encode`` writes: version, id and task come first.
@@ -172,15 +191,15 @@ def _explain(raw: bytes | str, exc: Exception) -> str:
     missing = [f for f in ("id", "task", "queue", "ct", "ce", "body") if f not in doc]
     if missing:
         return f"missing field(s) {', '.join(missing)}"
-    for field in ("retries", "enq_ms", "v"):
+    for field in ("retries", "enq_ms", "v", "handbacks"):
         value = doc.get(field, 0)
         try:
             number = int(value)
         except Exception as bad:
             return (f"field {field!r} is not an integer: {short_repr(value)} "
                     f"({type(bad).__name__}: {bad})")
-        if field == "retries" and number < 0:
-            return f"field 'retries' is negative: {short_repr(value)}"
+        if field in ("retries", "handbacks") and number < 0:
+            return f"field {field!r} is negative: {short_repr(value)}"
     if doc.get("b64"):
         body = doc["body"]
         if not isinstance(body, str):

@@ -3,7 +3,8 @@
 ``Packed`` holds commands packed by hiredis as they are queued (redis-py's pipeline
 encodes every argument in Python, which cost the worker more than the server's
 work); ``Transport.run`` sends them in one write and reads the replies.
-``Transport.send`` streams many batches on one connection. A server that lost its
+``Transport.send`` streams many batches on one connection, stops at the first error
+and can say which batches were written for sure (``answered``). A server that lost its
 scripts answers NOSCRIPT (nothing ran): the scripts are loaded and only those
 commands are sent again. Errors are streamq errors (``connection.translated``).
 """
@@ -115,25 +116,37 @@ class Transport:
                         raise _error(item, url)
         return replies
 
-    def send(self, batches: Iterable[list[bytes]]) -> None:
+    def send(self, batches: Iterable[list[bytes]], answered: list[bool] | None = None
+             ) -> None:
         """Send batches of packed commands on one connection, in order.
 
         Batches are packed lazily and streamed: the next is packed and sent while
-        the server runs the one before, with at most two unanswered. The first error
-        reply is raised once every reply has been read. A lost connection is retried
-        as redis-py retries any command: what got no answer is sent again, so (as for
-        any command) a batch whose reply was lost after the server ran it runs twice."""
+        the server runs the one before, with at most two unanswered. After the first
+        error reply no further batch is packed or sent; that error is raised once every
+        reply of what was sent has been read. A lost connection is retried as redis-py
+        retries any command: what got no answer is sent again, so (as for any command)
+        a batch whose reply was lost after the server ran it runs twice.
+
+        ``answered`` (when given) receives one value per batch taken from ``batches``,
+        also when this raises: True when every reply of that batch was a success (it
+        was written for sure), False when one was an error or never came (it may or
+        may not have been). Batches beyond those were not sent."""
         url = self.connection.url
         stream = _CommandStream(batches)
-        with translated(url):
-            with self.connection.own() as conn:
-                stream.run(conn)
-            if stream.noscript:
-                self.load_scripts()
-                again = _CommandStream([stream.noscript])
+        try:
+            with translated(url):
                 with self.connection.own() as conn:
-                    again.run(conn)
-                stream.error = stream.error or again.error
+                    stream.run(conn)
+                if stream.noscript:
+                    self.load_scripts()
+                    again = _CommandStream([stream.noscript])
+                    with self.connection.own() as conn:
+                        again.run(conn)
+                    stream.error = stream.error or again.error
+                    stream.resent = again.error is None
+        finally:
+            if answered is not None:
+                answered += stream.outcomes()
         if stream.error is not None:
             raise _error(stream.error, url)
 
@@ -167,13 +180,25 @@ def _send_read(conn: Any, commands: list[bytes]) -> list[Any]:
 class _CommandStream:
     """The send/read loop of ``Transport.send``; resumable after a reconnect."""
 
-    __slots__ = ("source", "unanswered", "error", "noscript")
+    __slots__ = ("source", "unanswered", "error", "noscript", "answered", "waiting",
+                 "resent")
 
     def __init__(self, batches: Iterable[list[bytes]]) -> None:
         self.source = iter(batches)
         self.unanswered: deque[list[bytes]] = deque()
         self.error: Exception | None = None
         self.noscript: list[bytes] = []  # commands to send again once scripts are loaded
+        self.answered: list[bool] = []
+        """Per batch read: True when every reply was a success."""
+        self.waiting: set[int] = set()
+        """Batches with a command in ``noscript``: written once it is, if it is."""
+        self.resent = False
+
+    def outcomes(self) -> list[bool]:
+        """Per batch taken from the source: written for sure (see ``Transport.send``)."""
+        done = [ok and (self.resent or i not in self.waiting)
+                for i, ok in enumerate(self.answered)]
+        return done + [False] * len(self.unanswered)
 
     def run(self, conn: Any) -> None:
         _with_retry(conn, lambda: self._run(conn))
@@ -182,7 +207,11 @@ class _CommandStream:
         if self.unanswered:  # a reconnect: send again what got no answer
             conn.send_packed_command([b"".join(c) for c in self.unanswered],
                                      check_health=False)
-        for commands in self.source:
+        source = self.source
+        while self.error is None:  # after an error reply, pack and send nothing more
+            commands = next(source, None)
+            if commands is None:
+                break
             self.unanswered.append(commands)  # first: a failed send is sent again
             conn.send_packed_command([b"".join(commands)], check_health=False)
             if len(self.unanswered) > 1:
@@ -191,15 +220,21 @@ class _CommandStream:
             self._read(conn)
 
     def _read(self, conn: Any) -> None:
+        ok = True
         for command in self.unanswered[0]:
             try:
                 reply = conn.read_response()
             except redis.exceptions.NoScriptError:
                 self.noscript.append(command)
+                self.waiting.add(len(self.answered))
             except redis.ResponseError as exc:
                 self.error = self.error or exc
+                ok = False
             else:
                 if command is EXEC and reply:  # errors of a transaction's commands
-                    self.error = self.error or next(
-                        (r for r in reply if isinstance(r, Exception)), None)
+                    failed = next((r for r in reply if isinstance(r, Exception)), None)
+                    if failed is not None:
+                        self.error = self.error or failed
+                        ok = False
         self.unanswered.popleft()
+        self.answered.append(ok)

@@ -7,15 +7,29 @@ calls the task and returns its outcome (``streamq.data.outcome``). Nothing here
 touches the server: the consumer hands outcomes to the ``OutcomeWriter``. A process
 that dies before they are written leaves its entries pending, so they are
 delivered again: that is the at-least-once window.
+
+Two decisions exist for what other workers may see differently:
+
+- A message for a task this worker does not know (a rolling deploy: an older worker
+  meets a newer task) is handed back through the delayed set ``HANDBACKS`` times,
+  ``HANDBACK_DELAY_S`` apart, without counting a retry, so that a worker that knows
+  the task can take it; only then is it dead-lettered, with a reason that says so.
+- Nothing is written that the server would refuse as one value (its
+  ``proto-max-bulk-len``, read once through the task's app; a refused write would be
+  retried for ever as an outage): a larger result fails its task with
+  ``MessageTooLargeError``, a larger error text is cut. Only a value longer than
+  any server could refuse is measured: one ``len()`` on the hot path.
 """
 
 from __future__ import annotations
 
+import random
 import time
 import traceback
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from ..api.app import DEFAULT_VALUE_LIMIT
 from ..api.task import Task, TaskContext, TaskOptions, running_as
 from ..base.backoff import compute_backoff
 from ..base.errors import EncodeError, Reject, Retry
@@ -77,12 +91,7 @@ class Executor:
             return self._dead(d, tid, name or "?", 0, f"undecodable message: {_line(exc)}")
         task = self.registry.get(msg.task)
         if task is None:
-            names = sorted(self.registry)
-            known = ", ".join(names[:10]) + (f" and {len(names) - 10} more"
-                                             if len(names) > 10 else "") if names else "none"
-            return self._dead(d, msg.id, msg.task, msg.retries,
-                              f"task {short_repr(msg.task, 200)} is not registered in this "
-                              f"worker (registered: {known})")
+            return self._unknown_task(d, msg)
         if timed_out is not None:
             return self._failed(d, msg, task, "TimeLimitExceeded",
                                 f"task ran longer than its timeout of {timed_out:g}s and its "
@@ -108,6 +117,31 @@ class Executor:
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             return self._bad_arguments(d, msg, payload)
         return Call(d, msg, task, args, kwargs)
+
+    def _unknown_task(self, d: Delivery, msg: Message) -> Retried | Dead:
+        """Hand the message back for a worker that knows its task (a retry that does
+        not count), or dead-letter it once it was handed back ``HANDBACKS`` times."""
+        names = sorted(self.registry)
+        known = ", ".join(names[:10]) + (f" and {len(names) - 10} more"
+                                         if len(names) > 10 else "") if names else "none"
+        why = (f"task {short_repr(msg.task, 200)} is not registered in this worker "
+               f"(registered: {known})")
+        if msg.handbacks >= HANDBACKS:
+            low, high = HANDBACK_DELAY_S
+            return self._dead(d, msg.id, msg.task, msg.retries,
+                              f"{why}, and no worker that knows it took it: handed back "
+                              f"{msg.handbacks} times, {low:g}-{high:g}s apart, by workers "
+                              f"that do not know it")
+        delay = random.uniform(*HANDBACK_DELAY_S)
+        due = now_ms() + int(delay * 1000)
+        text = f"{why}; handed back ({msg.handbacks + 1} of {HANDBACKS}) for a worker " \
+               f"that knows it"
+        fields = record.retry(retries=msg.retries, deliveries=d.deliveries,
+                              exc_type="TaskNotRegisteredError", exc_message=text,
+                              traceback="", eta_ms=due, started_ms=now_ms(),
+                              worker=self.consumer)
+        return Retried(d, msg.id, msg.task, due, msg.handed_back(due).encode(), fields,
+                       self.ttl_s + int(delay) + 1, delay, f"TaskNotRegisteredError: {text}")
 
     def _delivered_too_often(self, d: Delivery) -> Dead | None:
         """The dead letter of an entry delivered more often than any task here allows,
@@ -157,7 +191,32 @@ class Executor:
             return self._failed(d, msg, task, "EncodeError" if isinstance(exc, EncodeError)
                                 else _type_name(exc), _text(exc), "",
                                 retryable=False, started_ms=started_ms)
+        if len(payload) > SURE_TO_FIT:  # long enough that a server may refuse it
+            limit = self._value_limit(task)
+            size = _size_over(payload, limit)
+            if size is not None:
+                return self._failed(d, msg, task, "MessageTooLargeError",
+                                    f"result of {size} bytes exceeds the server's limit of "
+                                    f"{limit} bytes (proto-max-bulk-len)", "",
+                                    retryable=False, started_ms=started_ms)
         return Succeeded(d, msg.id, msg.task, payload, ct, ce, started_ms, runtime)
+
+    def _value_limit(self, task: Task[Any, Any]) -> int:
+        """The largest value the server accepts (``StreamQ.value_limit``); its default
+        when the server cannot be asked now (asked again the next time)."""
+        try:
+            return task.app.value_limit()
+        except Exception:
+            return DEFAULT_VALUE_LIMIT
+
+    def _fit(self, task: Task[Any, Any], *texts: str) -> list[str]:
+        """Error texts cut to a sixteenth of what the server accepts as one value (each
+        is stored in the record, the dead letter's reason and a retry's message)."""
+        limit = self._value_limit(task)
+        cap = limit // 16
+        return [text if len(text) <= cap else
+                f"{text[:cap]}... [{len(text) - cap} more characters cut: the server "
+                f"accepts at most {limit} bytes in one value]" for text in texts]
 
     def _raised(self, d: Delivery, msg: Message, task: Task[Any, Any], exc: Exception,
                 started_ms: int) -> Outcome:
@@ -189,6 +248,8 @@ class Executor:
                        exc_message: str, tb: str, started_ms: int,
                        countdown: float | None = None) -> Outcome:
         opts = task.options
+        if len(exc_message) > SURE_TEXT or len(tb) > SURE_TEXT:
+            exc_message, tb = self._fit(task, exc_message, tb)
         if msg.retries >= opts.max_retries:
             return self._failed(d, msg, task, exc_type, exc_message, tb, retryable=False,
                                 started_ms=started_ms, exhausted=True)
@@ -197,12 +258,21 @@ class Executor:
         delay = max(0.0, delay)
         due = now_ms() + int(delay * 1000)
         error = f"{exc_type}: {exc_message}"
-        nxt = msg.with_retry(error, due)
-        fields = record.retry(retries=nxt.retries, deliveries=d.deliveries, exc_type=exc_type,
+        encoded = msg.with_retry(error, due).encode()
+        if len(encoded) > SURE_TO_FIT:
+            limit = self._value_limit(task)
+            size = _size_over(encoded, limit)
+            if size is not None:
+                return self._failed(d, msg, task, "MessageTooLargeError",
+                                    f"the message of its retry ({size} bytes, with the error "
+                                    f"{short_repr(error)}) exceeds the server's limit of "
+                                    f"{limit} bytes (proto-max-bulk-len)", "",
+                                    retryable=False, started_ms=started_ms)
+        fields = record.retry(retries=msg.retries + 1, deliveries=d.deliveries, exc_type=exc_type,
                               exc_message=exc_message, traceback=tb, eta_ms=due,
                               started_ms=started_ms, worker=self.consumer)
         # The record must outlive the wait until the retry runs.
-        return Retried(d, msg.id, msg.task, due, nxt.encode(), fields,
+        return Retried(d, msg.id, msg.task, due, encoded, fields,
                        self.ttl_s + int(delay) + 1, delay, error)
 
     def _failed(self, d: Delivery, msg: Message, task: Task[Any, Any], exc_type: str,
@@ -211,6 +281,8 @@ class Executor:
         if retryable and msg.retries < task.options.max_retries:
             return self._retry_or_fail(d, msg, task, exc_type, exc_message, tb,
                                        started_ms or now_ms())
+        if len(exc_message) > SURE_TEXT or len(tb) > SURE_TEXT:
+            exc_message, tb = self._fit(task, exc_message, tb)
         reason = f"{exc_type}: {exc_message}"
         if exhausted or task.options.max_retries:
             reason = f"failed after {msg.retries + 1} attempt(s): {reason}"
@@ -233,6 +305,24 @@ DEFAULT_MAX_DELIVERIES = TaskOptions(name="default", queue="default").max_delive
 whose task is unknown."""
 
 
+HANDBACKS = 3
+"""How often a message for a task this worker does not know is handed back before
+it is dead-lettered; the hand-backs do not count as retries."""
+
+HANDBACK_DELAY_S = (1.0, 2.0)
+"""The range of each hand-back's delay (drawn at random: the messages of a batch spread
+out, and each may reach another worker)."""
+
+SURE_TO_FIT = 1024 * 1024 // 4
+"""A value up to this many characters fits in any server (the least
+``proto-max-bulk-len`` is 1 MiB, and UTF-8 takes at most 4 bytes a character): only a
+longer one is measured against the server's limit."""
+
+
+SURE_TEXT = 1024 * 1024 // 16
+"""An error text up to this many characters is never cut (see ``Executor._fit``)."""
+
+
 MAX_COUNTDOWN_S = 1e9
 """The longest wait a task may ask of ``Retry``: its record's TTL includes the wait,
 and the server refuses a TTL much beyond this."""
@@ -248,6 +338,17 @@ def _text(value: object) -> str:
         except Exception:
             why = type(exc).__name__
         return f"<str() of this {type(value).__name__} raised {why}>"
+
+
+def _size_over(value: bytes | str, limit: int) -> int | None:
+    """The size in bytes of ``value`` as sent, when it exceeds ``limit``; else None."""
+    if isinstance(value, str):
+        if len(value) * 4 <= limit:
+            return None
+        size = len(value.encode("utf-8", "surrogatepass"))
+    else:
+        size = len(value)
+    return size if size > limit else None
 
 
 def _line(exc: BaseException, limit: int = 500) -> str:
