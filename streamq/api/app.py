@@ -38,7 +38,7 @@ _BATCH = 100  # calls per batch, and per script call: bounds how long one blocks
 
 DEFAULT_VALUE_LIMIT = 512 * 1024 * 1024
 """The server's ``proto-max-bulk-len`` by default: assumed when CONFIG is refused."""
-SURE_TO_FIT = 1024 * 1024 // 6 - 16 * 1024
+SURE_BODY = 1024 * 1024 // 6 - 16 * 1024
 """Bodies up to this many characters fit in any server's value limit once wrapped in
 their envelope (the least ``proto-max-bulk-len`` is 1 MiB; quoting turns a character
 into at most 6 bytes), so only longer ones are measured."""
@@ -178,7 +178,7 @@ class StreamQ:
             message, due = prepared[0]
             commands: list[bytes] = []
             encoded = message.encode()
-            if len(encoded) > SURE_TO_FIT:
+            if len(encoded) > SURE_BODY:
                 self._check_size(message, encoded)
             self._enqueue_one(commands, message, due, message.enqueued_ms, ttl, encoded)
             broker.send_one(commands)
@@ -187,7 +187,7 @@ class StreamQ:
                                 sent_at=time.monotonic())]
 
         for m, _ in prepared:
-            if len(m.body) > SURE_TO_FIT:
+            if len(m.body) > SURE_BODY:
                 self._check_sizes(prepared)
                 break
 
@@ -214,7 +214,10 @@ class StreamQ:
 
         answered: list[bool] = []
         try:
-            # (Broker.send_many without the report of which batches were written.)
+            # Broker.send_many, with the report of which batches were written. Scripts
+            # are loaded first (once per process): after a NOSCRIPT every batch's
+            # script is sent again, after the rest.
+            broker.transport.ensure_scripts()
             broker.transport.send(batches(), answered)
         except BrokerError as exc:
             raise self._partly_enqueued(prepared, answered, exc) from exc
@@ -247,7 +250,7 @@ class StreamQ:
     def _check_sizes(self, prepared: Sequence[tuple[Message, int | None]]) -> None:
         """``_check_size`` for each long message of several (before any is sent)."""
         for i, (m, _) in enumerate(prepared):
-            if len(m.body) > SURE_TO_FIT:
+            if len(m.body) > SURE_BODY:
                 self._check_size(m, m.encode(), f" (call {i + 1} of {len(prepared)})")
 
     def _partly_enqueued(self, prepared: Sequence[tuple[Message, int | None]],
@@ -272,7 +275,7 @@ class StreamQ:
         self._emit_enqueued(written)
         cause = " ".join(str(exc).split())
         cls = EnqueueConnectionError if isinstance(exc, BrokerConnectionError) else EnqueueError
-        return cls(f"enqueueing {len(prepared)} calls failed part way: {len(enqueued)} "
+        return cls(f"enqueueing {len(prepared)} calls failed: {len(enqueued)} "
                    f"enqueued, {len(unknown)} unknown (their batch failed or got no reply), "
                    f"{len(not_sent)} not sent: {cause}", exc.code, handles=handles,
                    enqueued=enqueued, unknown=unknown, not_sent=not_sent)

@@ -137,13 +137,13 @@ class Transport:
             with translated(url):
                 with self.connection.own() as conn:
                     stream.run(conn)
-                if stream.noscript:
+                if stream.noscript:  # their scripts only, in order, once loaded
                     self.load_scripts()
-                    again = _CommandStream([stream.noscript])
+                    again = _CommandStream(stream.noscript.values())
+                    stream.again = again
                     with self.connection.own() as conn:
                         again.run(conn)
                     stream.error = stream.error or again.error
-                    stream.resent = again.error is None
         finally:
             if answered is not None:
                 answered += stream.outcomes()
@@ -180,24 +180,26 @@ def _send_read(conn: Any, commands: list[bytes]) -> list[Any]:
 class _CommandStream:
     """The send/read loop of ``Transport.send``; resumable after a reconnect."""
 
-    __slots__ = ("source", "unanswered", "error", "noscript", "answered", "waiting",
-                 "resent")
+    __slots__ = ("source", "unanswered", "error", "noscript", "answered", "again")
 
     def __init__(self, batches: Iterable[list[bytes]]) -> None:
         self.source = iter(batches)
         self.unanswered: deque[list[bytes]] = deque()
         self.error: Exception | None = None
-        self.noscript: list[bytes] = []  # commands to send again once scripts are loaded
+        self.noscript: dict[int, list[bytes]] = {}
+        """Per batch, its commands to send again once the scripts are loaded."""
         self.answered: list[bool] = []
         """Per batch read: True when every reply was a success."""
-        self.waiting: set[int] = set()
-        """Batches with a command in ``noscript``: written once it is, if it is."""
-        self.resent = False
+        self.again: _CommandStream | None = None
+        """The stream that sent ``noscript`` again."""
 
     def outcomes(self) -> list[bool]:
         """Per batch taken from the source: written for sure (see ``Transport.send``)."""
-        done = [ok and (self.resent or i not in self.waiting)
-                for i, ok in enumerate(self.answered)]
+        done = list(self.answered)
+        if self.noscript:
+            resent = self.again.outcomes() if self.again is not None else []
+            for n, batch in enumerate(self.noscript):
+                done[batch] = done[batch] and n < len(resent) and resent[n]
         return done + [False] * len(self.unanswered)
 
     def run(self, conn: Any) -> None:
@@ -221,12 +223,12 @@ class _CommandStream:
 
     def _read(self, conn: Any) -> None:
         ok = True
+        self.noscript.pop(len(self.answered), None)  # from a read cut by a reconnect
         for command in self.unanswered[0]:
             try:
                 reply = conn.read_response()
             except redis.exceptions.NoScriptError:
-                self.noscript.append(command)
-                self.waiting.add(len(self.answered))
+                self.noscript.setdefault(len(self.answered), []).append(command)
             except redis.ResponseError as exc:
                 self.error = self.error or exc
                 ok = False
