@@ -214,11 +214,7 @@ class StreamQ:
 
         answered: list[bool] = []
         try:
-            # Broker.send_many, with the report of which batches were written. Scripts
-            # are loaded first (once per process): after a NOSCRIPT every batch's
-            # script is sent again, after the rest.
-            broker.transport.ensure_scripts()
-            broker.transport.send(batches(), answered)
+            broker.send_many(batches(), answered)
         except BrokerError as exc:
             raise self._partly_enqueued(prepared, answered, exc) from exc
         self._emit_enqueued(prepared)

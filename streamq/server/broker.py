@@ -103,8 +103,12 @@ class Broker:
     def send_one(self, commands: list[bytes]) -> None:
         self.transport.run(Packed(commands))
 
-    def send_many(self, batches: Iterable[list[bytes]]) -> None:
-        self.transport.send(batches)
+    def send_many(self, batches: Iterable[list[bytes]], answered: list[bool]) -> None:
+        """Stream ``batches``; ``answered`` gets True for each batch the server wrote.
+        Scripts are loaded first (once per process): after a NOSCRIPT every batch's
+        script would be sent again, after the rest, out of order."""
+        self.transport.ensure_scripts()
+        self.transport.send(batches, answered)
 
     # -- consumer groups -------------------------------------------------------------
     def ensure_group(self, queue: str, *, force: bool = False) -> bool:
