@@ -154,3 +154,20 @@ def test_a_task_enqueued_again_after_forget_is_waited_for_normally(app: StreamQ)
     t0 = time.monotonic()
     assert res.get(timeout=5) == 4
     assert time.monotonic() - t0 < 0.5
+
+
+def test_apply_async_countdown_from_a_slow_producer_is_due_by_the_servers_clock(
+        app: StreamQ, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A producer whose clock is 60 s slow: its 3 s countdown used to be due 57 s in
+    the past, so it ran at once. Only the producer's clock is skewed (its ``now_ms``);
+    the server and the check use the server's TIME."""
+    import streamq.api.task as task_module
+
+    client = app.server.connection.client
+    monkeypatch.setattr(task_module, "now_ms", lambda: now_ms() - 60_000)
+    for res in (tasks.add.apply_async((1, 2), countdown=3),
+                app.send_by_name(tasks.add.name, [3, 4], countdown=3)):
+        score = _delayed(app, res.id)
+        assert score is not None
+        assert abs(score - (_server_ms(client) + 3000)) < 500, score - _server_ms(client)
+        assert res.status == record.Status.SCHEDULED

@@ -30,7 +30,7 @@ from ..server.link import ServerLink
 from .hooks import Hook, Hooks, TaskEvent
 from .result import AsyncResult
 from .result import AsyncResult as _AsyncResult  # for annotations: StreamQ.AsyncResult shadows it
-from .task import P, R, Task, TaskOptions, build_message, due_ms_from
+from .task import CountdownDue, P, R, Task, TaskOptions, build_message, due_ms_from
 
 log = logging.getLogger(__name__)
 
@@ -223,13 +223,16 @@ class StreamQ:
 
     def _enqueue_one(self, out: list[bytes], message: Message, due: int | None, enq: int,
                      ttl: int, encoded: str | None = None) -> None:
+        # A countdown is due by the server's clock, not this process's.
+        countdown_ms = due.countdown_ms if isinstance(due, CountdownDue) else None
+        due = None if due is None else int(due)  # hiredis packs exact ints only
         # Keep a scheduled record alive at least until it is due.
         wait_s = max(0, (due - enq) // 1000) if due else 0
         self.server.broker.enqueue_commands(
             out, message.id, message.queue,
             record.enqueued(message.task, message.queue, enq, due), ttl + wait_s,
             message.encode() if encoded is None else encoded, due,
-            queue_of(message.id) == message.queue)
+            queue_of(message.id) == message.queue, countdown_ms=countdown_ms)
 
     def _check_size(self, message: Message, encoded: str, where: str = "") -> None:
         """Refuse a message the server would not accept (a long one: measured exactly)."""

@@ -100,6 +100,18 @@ class running_as:  # noqa: N801 - a context manager used like a function
         _current.reset(self.token)
 
 
+class CountdownDue(int):
+    """A due time (ms, by this process's clock) that came from a countdown: it also
+    carries the countdown, so the server can add it to its own clock instead."""
+
+    countdown_ms: int
+
+    def __new__(cls, due_ms: int, countdown_ms: int) -> CountdownDue:
+        due = super().__new__(cls, due_ms)
+        due.countdown_ms = countdown_ms
+        return due
+
+
 def due_ms_from(countdown: float | None, eta: datetime | None) -> int | None:
     """Absolute due time in ms, or None to run now. ``eta`` must be timezone-aware."""
     if countdown is not None and eta is not None:
@@ -119,7 +131,8 @@ def due_ms_from(countdown: float | None, eta: datetime | None) -> int | None:
         if countdown < 0:
             raise ValueError(f"countdown must be >= 0 seconds, got {countdown!r}")
         if countdown > 0:
-            return now_ms() + int(countdown * 1000)
+            wait_ms = int(countdown * 1000)
+            return CountdownDue(now_ms() + wait_ms, wait_ms)
     return None
 
 
