@@ -4,7 +4,7 @@ Knows messages only as encoded strings and records as field/value pairs built by
 ``streamq.data.record``. delay() writes the record (HSET, EXPIRE) then the message
 (XADD; an eta: HSET + ZADD in a MULTI) as native commands in one write: about 12 us
 of server work, against 35 us for the same steps in a script. A countdown is one
-script (``promote.lua``'s schedule), since only the server's clock, not the
+script (``schedule.lua``), since only the server's clock, not the
 producer's, may turn it into a due time. A run of calls of one task to one queue
 (map()) is one ``enqueue_many`` script per 100 calls instead: one reply per 100 calls
 costs the client far less than three per call, and the server runs one chunk while
@@ -30,8 +30,11 @@ from .transport import EXEC, MULTI, Packed, Transport, pack, script_command
 log = logging.getLogger(__name__)
 
 
-def as_str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def as_str(value: object) -> str:
+    """A reply value as text (bytes decoded, undecodable bytes replaced)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
 
 
 class Broker:
@@ -69,9 +72,9 @@ class Broker:
             # One script (atomic like the transaction below): only the server's clock
             # turns the countdown into a due time.
             out.append(script_command(
-                "promote", [keys.delayed(ns, queue), keys.delayed_messages(ns, queue),
-                            record_key],
-                ["S", task_id, encoded, int(countdown_ms), ttl_s, *record]))
+                "schedule", [keys.delayed(ns, queue), keys.delayed_messages(ns, queue),
+                             record_key],
+                [task_id, encoded, int(countdown_ms), ttl_s, *record]))
         elif due_ms:
             # A transaction: a connection lost between the delayed message (a hash
             # field with no TTL) and its ZADD would leave the message forever.

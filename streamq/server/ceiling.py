@@ -21,6 +21,7 @@ import redis
 from ..base import keys
 from ..base.errors import ConfigurationError
 from ..base.settings import mask_url
+from .broker import as_str
 from .connection import translated
 
 BATCH = 100
@@ -110,8 +111,7 @@ class Ceiling:
     def workers(self, ns: str) -> list[str]:
         """The ids of the workers registered in namespace ``ns``."""
         with translated(self.url):
-            return [w.decode() if isinstance(w, bytes) else str(w)
-                    for w in self._r.zrange(keys.workers(ns), 0, -1)]
+            return [as_str(w) for w in self._r.zrange(keys.workers(ns), 0, -1)]
 
     def versions(self) -> dict[str, Any]:
         """The server's name and version, and those of redis-py and hiredis."""

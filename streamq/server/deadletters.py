@@ -16,7 +16,7 @@ from ..base.errors import DecodeError
 from ..base.settings import Settings
 from ..data import record
 from ..data.message import Message, now_ms
-from .broker import Broker
+from .broker import Broker, as_str
 from .transport import Packed, Transport
 
 _PAGE = 200
@@ -45,15 +45,11 @@ class DeadLetter:
                 "deliveries": self.deliveries, "attempts": self.attempts}
 
 
-def _s(v: bytes | None) -> str:
-    return v.decode("utf-8", "replace") if v else ""
-
-
 def _parse(queue: str, entry_id: bytes | str, f: dict[bytes, bytes]) -> DeadLetter:
     return DeadLetter(
-        entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-        queue=queue, task=_s(f.get(b"task")), task_id=_s(f.get(b"id")),
-        reason=_s(f.get(b"reason")), at_ms=int(f.get(b"at_ms") or 0),
+        entry_id=as_str(entry_id),
+        queue=queue, task=as_str(f.get(b"task", b"")), task_id=as_str(f.get(b"id", b"")),
+        reason=as_str(f.get(b"reason", b"")), at_ms=int(f.get(b"at_ms") or 0),
         deliveries=int(f.get(b"deliveries") or 0), retries=int(f.get(b"retries") or 0),
         raw=f.get(b"m", b""),
     )

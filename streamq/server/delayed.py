@@ -24,5 +24,5 @@ class Delayed:
         ns = self.ns
         moved, nxt = self.transport.call(
             "promote", [keys.delayed(ns, queue), keys.delayed_messages(ns, queue),
-                        keys.stream(ns, queue)], ["P", limit])
+                        keys.stream(ns, queue)], [limit])
         return int(moved), (None if int(nxt) < 0 else int(nxt))

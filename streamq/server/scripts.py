@@ -15,8 +15,8 @@ from importlib import resources
 
 from ..data import record
 
-NAMES = ("outcomes", "enqueue_many", "wait", "requeue_dead", "heartbeat", "promote", "alive",
-         "renew")
+NAMES = ("outcomes", "enqueue_many", "wait", "requeue_dead", "heartbeat", "promote",
+         "schedule", "alive", "renew")
 
 _FLAGS = {"outcomes": "allow-oom", "heartbeat": "allow-oom", "alive": "allow-oom",
           "renew": "allow-oom"}

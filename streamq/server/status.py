@@ -24,6 +24,7 @@ from ..base import keys
 from ..base.errors import BrokerConnectionError, BrokerError
 from ..base.ids import parse_worker_id
 from ..base.settings import Settings
+from .broker import as_str
 from .connection import Connection
 from .registry import DEAD_WORKER_LISTED_MS
 
@@ -50,8 +51,8 @@ def collect_status(connection: Connection, settings: Settings, *, now: float | N
     pipe.zrangebyscore(keys.workers(ns), int(now * 1000) - DEAD_WORKER_LISTED_MS, "+inf",
                        withscores=True)
     server_info, memory, queue_names, registered = pipe.execute()
-    queues = sorted(_s(q) for q in queue_names)
-    workers = [(_s(w), int(score)) for w, score in registered]
+    queues = sorted(as_str(q) for q in queue_names)
+    workers = [(as_str(w), int(score)) for w, score in registered]
 
     pipe = client.pipeline(transaction=False)
     for q in queues:
@@ -134,7 +135,7 @@ def _queue_doc(queue: str, r: list[Any], now: float) -> dict[str, Any]:
 
 def _worker_doc(worker_id: str, score: int, raw: Any, hb_default: float, now: float
                 ) -> dict[str, Any]:
-    h = {_s(k): _s(v) for k, v in (_ok(raw) or {}).items()}
+    h = {as_str(k): as_str(v) for k, v in (_ok(raw) or {}).items()}
     # The hash expires a few heartbeats after a worker dies; its id still tells
     # where it ran ("host:pid:token").
     parsed = parse_worker_id(worker_id)
@@ -164,7 +165,7 @@ def _config_policy(client: Any) -> str | None:
     except BrokerError:  # CONFIG is often disabled on managed servers
         return None
     value = reply.get("maxmemory-policy")
-    return _s(value) if value is not None else None
+    return as_str(value) if value is not None else None
 
 
 def _ok(reply: Any) -> Any:
@@ -178,10 +179,6 @@ def _ok(reply: Any) -> Any:
 
 def _sum(values: Any) -> int:
     return sum(int(v) for v in values or () if v is not None)
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _int(value: Any) -> int | None:
