@@ -15,7 +15,8 @@ from ..base.errors import ConfigurationError, StreamQError
 from .bench import bench
 from .dead import dead
 from .demo import demo
-from .results import enqueue, result
+from .enqueue import enqueue
+from .results import result
 from .server import server
 from .status import status
 from .worker import worker
