@@ -87,6 +87,12 @@ def _kill_leftovers(project: Path) -> None:
             pass
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list of running servers in a cache dir of the test's own (subprocesses too)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(params=["long", "short"])
 def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     """A project dir: "long" forces the temp-dir socket fallback, "short" the in-dir socket."""
@@ -190,9 +196,12 @@ def test_separate_processes_reuse_the_server(project: Path) -> None:
     assert "state in ./.streamq/" in first.stderr
     run_id = _info(url)["run_id"]
 
+    # A process that finds it running says once which one it uses.
     announced: list[str] = []
     assert embedded_url(project, announce=announced.append) == url
-    assert announced == []
+    assert announced == [f"streamq: using the embedded server of {project.resolve()} ({url})"]
+    assert embedded_url(project, announce=announced.append) == url
+    assert len(announced) == 1
 
     second = subprocess.run(
         [sys.executable, "-c", code],
@@ -200,7 +209,7 @@ def test_separate_processes_reuse_the_server(project: Path) -> None:
     )
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == url
-    assert second.stderr == ""
+    assert second.stderr == f"streamq: using the embedded server of {project.resolve()} ({url})\n"
     assert _info(url)["run_id"] == run_id
 
 
@@ -212,6 +221,7 @@ def test_concurrent_starts_launch_one_server(project: Path, tmp_path: Path) -> N
         "while not os.path.exists(sys.argv[1]): time.sleep(0.005)\n"
         "lines = []\n"
         "url = embedded_url(sys.argv[2], announce=lines.append)\n"
+        "lines = [ln for ln in lines if ln.startswith('streamq: started')]\n"
         "client = redis.Redis.from_url(url)\n"
         "print(url, client.info('server')['run_id'], len(lines))\n"
         "client.close()\n"
@@ -344,7 +354,8 @@ def test_foreground_server(project: Path, sig: signal.Signals) -> None:
         assert line.startswith("streamq: running the embedded Valkey "), line
         announced: list[str] = []
         url = embedded_url(project, announce=announced.append)
-        assert url in line and announced == []
+        assert url in line and [a.split(" (")[0] for a in announced] == [
+            f"streamq: using the embedded server of {project.resolve()}"]  # not "started"
         # A second foreground server for the same directory is refused.
         assert run_server_foreground(project) == 1
         client = _client(url)

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
@@ -56,7 +57,9 @@ class Settings:
     """Everything an app, a producer and a worker need to agree on."""
 
     url: str | None = None
-    """Server URL (``STREAMQ_URL``); None means the embedded server of the project."""
+    """Server URL (``STREAMQ_URL``); None means the embedded server of the project: the
+    nearest directory, from the working directory up, that holds ``.streamq/``,
+    ``pyproject.toml`` or ``.git`` (else the working directory itself)."""
     namespace: str = "streamq"
     """Prefix of every key; two apps with different namespaces never meet."""
     default_queue: str = "default"
@@ -147,6 +150,14 @@ _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "heartbeat_s": float, "prefetch": int,
 }
 """Settings that ``STREAMQ_<NAME>`` sets (``STREAMQ_URL``, ``STREAMQ_NAMESPACE``, ...)."""
+
+
+def user_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """streamq's per-user cache directory: ``$XDG_CACHE_HOME/streamq``, else
+    ``~/.cache/streamq`` (where the list of running embedded servers is kept)."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CACHE_HOME")
+    return (Path(base) if base and os.path.isabs(base) else Path.home() / ".cache") / "streamq"
 
 
 def _check_names(options: Mapping[str, Any]) -> None:

@@ -91,14 +91,22 @@ def load_app(specs: tuple[str, ...] | list[str]) -> StreamQ:
     return find_app(candidates)
 
 
-def app_from_options(url: str | None, namespace: str | None, app_spec: str | None) -> StreamQ:
+def app_from_options(url: str | None, namespace: str | None, app_spec: str | None, *,
+                     start_server: bool = True) -> StreamQ:
     """The app of ``--app`` (else a plain one from the environment), with ``--url``
-    and ``--namespace`` applied in one ``configure`` when they change anything."""
-    if not app_spec:
-        return StreamQ(url, namespace=namespace)
-    app = load_app([app_spec])
+    and ``--namespace`` applied in one ``configure`` when they change anything.
+
+    With no URL anywhere, the app uses the embedded server of the project (found from
+    the working directory up). A read-only command passes ``start_server=False``: it
+    reads a server that runs, and raises ``EmbeddedServerError`` (one line, exit 1)
+    rather than start one as a side effect."""
+    app = StreamQ(url, namespace=namespace) if not app_spec else load_app([app_spec])
     changes = {k: v for k, v in (("url", url), ("namespace", namespace))
-               if v is not None and getattr(app.settings, k) != v}
+               if app_spec and v is not None and getattr(app.settings, k) != v}
+    if not start_server and (changes.get("url") or app.settings.url) is None:
+        from ..server.embedded import embedded_url
+
+        changes["url"] = embedded_url(start=False)
     if changes:
         app.configure(**changes)
     return app
@@ -113,4 +121,5 @@ def url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                       help="Import this module for its app and tasks.")(fn)
     return click.option("--url", default=None, metavar="URL",
                         help="redis://, rediss:// or unix:// URL (default: $STREAMQ_URL, "
-                             "else the embedded server).")(fn)
+                             "else the embedded server of the project: the nearest directory "
+                             "up from here with .streamq/, pyproject.toml or .git).")(fn)

@@ -51,7 +51,7 @@ def dead_list(queue: str | None, limit: int, as_json: bool, url: str | None,
     Example:
       streamq dead list emails --limit 20
     """
-    app = app_from_options(url, namespace, app_spec)
+    app = app_from_options(url, namespace, app_spec, start_server=False)
     letters = app.dead.list(queue, limit=limit)
     if as_json:
         click.echo(json.dumps([d.as_dict() for d in letters], indent=2))
@@ -87,7 +87,7 @@ def dead_requeue(queue: str | None, entry_ids: tuple[str, ...], all_: bool, as_j
     """
     if not entry_ids and not all_:
         raise click.UsageError("name entry ids to requeue, or pass --all")
-    app = app_from_options(url, namespace, app_spec)
+    app = app_from_options(url, namespace, app_spec, start_server=False)
     total = len(entry_ids) if entry_ids else sum(
         app.dead.count(q) for q in ([queue] if queue else app.server.broker.queues()))
     with _progress(total, "requeueing", as_json) as advance:
@@ -107,6 +107,6 @@ def dead_purge(queue: str | None, as_json: bool, url: str | None, namespace: str
     Example:
       streamq dead purge default
     """
-    app = app_from_options(url, namespace, app_spec)
+    app = app_from_options(url, namespace, app_spec, start_server=False)
     n = app.dead.purge(queue)
     click.echo(json.dumps({"purged": n}) if as_json else f"purged {n} dead letter(s)")

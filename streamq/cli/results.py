@@ -27,7 +27,7 @@ def result(task_id: str, as_json: bool, url: str | None, namespace: str | None,
     Example:
       streamq result 3f2a9c0e6b7d4f7c9a1e2b3c4d5e6f70@default --json
     """
-    app = app_from_options(url, namespace, app_spec)
+    app = app_from_options(url, namespace, app_spec, start_server=False)
     res = app.AsyncResult(task_id)
     try:
         info = res.info

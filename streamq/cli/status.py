@@ -44,7 +44,7 @@ def status(as_json: bool, watch: bool, interval: float, url: str | None, namespa
       streamq status --watch --interval 1
       streamq status --json --namespace myapp
     """
-    app = app_from_options(url, namespace, app_spec)
+    app = app_from_options(url, namespace, app_spec, start_server=False)
     try:
         doc = _collect(app)  # errors here end the command with one line
         # Off a terminal (a file or a pipe) nothing is squeezed or wrapped.

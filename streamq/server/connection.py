@@ -17,7 +17,6 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import redis
@@ -111,12 +110,14 @@ class Client(redis.Redis):
 
 
 def resolve_url(settings: Settings) -> str:
-    """The URL to use: the configured one, else the embedded server of the project."""
+    """The URL to use: the configured one, else the embedded server of the project
+    (the nearest directory, from the working directory up, holding ``.streamq/``,
+    ``pyproject.toml`` or ``.git``; see ``embedded.resolve_embedded``)."""
     if settings.url:
         return settings.url
     from .embedded import embedded_url
 
-    return embedded_url(Path.cwd())
+    return embedded_url()
 
 
 def make_client(url: str, settings: Settings, *, blocking: bool = False) -> Client:
