@@ -222,3 +222,25 @@ def big_error(size: int) -> None:
 def new_in_this_release(key: str) -> int:
     """A task that ``tests.tasks_old`` (the release before) does not have."""
     return _incr(key)
+
+
+_OVERLAP = """
+local n = redis.call('INCR', KEYS[1])
+if n > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], n) end
+redis.call('SADD', KEYS[3], ARGV[1])
+return n
+"""
+
+
+@app.task
+def overlap(key: str, seconds: float) -> int:
+    """Sleeps like a task waiting on an HTTP call, counting how many run at once
+    (``{key}:max``) and in which processes (``{key}:pids``)."""
+    client = app.server.connection.client
+    tag = f"{app.settings.namespace}:overlap:{{{key}}}"
+    client.eval(_OVERLAP, 3, f"{tag}:running", f"{tag}:max", f"{tag}:pids", os.getpid())
+    try:
+        time.sleep(seconds)
+    finally:
+        client.decr(f"{tag}:running")
+    return os.getpid()

@@ -472,23 +472,41 @@ def test_batching_never_strands_work_behind_a_long_task(app: StreamQ,
                                                         start_worker: Any) -> None:
     """Celery #1933: messages prefetched by a process that then runs a long task are
     handed back, and an idle process starts them within 1 s."""
-    long = tasks.sleep_then_count.delay("long-first", 6.0)
-    quick = tasks.record_start.map(["quick"] * 5)
-    # Alone, the first worker's first read takes all six in one batch.
     w1 = start_worker(app.settings.url, "-c", "1", *FAST)
-    wait_until(lambda: tasks.count_of("long-first") == 1, message="long task started")
+    # Fast tasks first: the process now reads up to --prefetch at once.
+    assert [r.get(timeout=10) for r in tasks.nap.map([(0.0, i) for i in range(30)])] \
+        == list(range(30))
+    # One script writes all six, so the blocked read takes them in one batch.
+    long, *quick = tasks.nap.map([(6.0, -1)] + [(0.0, i) for i in range(5)])
+    wait_until(lambda: long.status == "STARTED", message="long task started")
     w2 = start_worker(app.settings.url, "-c", "1", *FAST)
-    t_idle = time.time() * 1000  # the second worker is up and idle from here
-    for r in quick:
-        r.get(timeout=15)
-    starts = [float(x.decode().split()[1]) for x in app.server.connection.client.lrange(
-        f"{app.settings.namespace}:starts:quick", 0, -1)]
-    assert len(starts) == 5
-    assert max(starts) - t_idle < 1000, f"started {max(starts) - t_idle:.0f} ms late"
+    t_idle = time.monotonic()  # the second worker is up and idle from here
+    assert [r.get(timeout=15) for r in quick] == list(range(5))
+    waited = time.monotonic() - t_idle
+    assert waited < 1.0, f"the quick tasks finished {waited:.2f} s after a process was free"
     assert "Handed back 5 prefetched message(s)" in w1.output()
     assert long.status in ("STARTED", "PENDING")  # still running: nothing waited for it
-    assert long.get(timeout=15) == 1
+    assert long.get(timeout=15) == -1
     assert w1.stop() == 0 and w2.stop() == 0
+
+
+@pytest.mark.parametrize("durations", [(0.1, 0.2, 0.3, 0.4, 0.5), (0.3,)],
+                         ids=["0.1-0.5s", "0.3s"])
+def test_slow_tasks_spread_over_every_process_with_default_settings(
+        vapp: StreamQ, start_worker: Any, durations: tuple[float, ...]) -> None:
+    """Default --prefetch: one process used to read a whole batch of slow tasks and run
+    it alone (100 tasks of 0.3 s on -c 8 ran in one process). Reads are sized by the
+    tasks' run time now, so every process runs one at once."""
+    w = start_worker(vapp.settings.url, "-c", "8", *FAST)
+    wait_until(lambda: len(w.children()) == 8, message="8 processes")
+    key = f"spread-{len(durations)}"
+    handles = tasks.overlap.map([(key, durations[i % len(durations)]) for i in range(48)])
+    pids = {h.get(timeout=60) for h in handles}
+    client = vapp.server.connection.client
+    tag = f"{vapp.settings.namespace}:overlap:{{{key}}}"
+    assert int(client.get(f"{tag}:max") or 0) == 8
+    assert len(pids) == 8 and pids == {int(p) for p in client.smembers(f"{tag}:pids")}
+    assert w.stop() == 0
 
 
 def test_foreign_stream_entry_goes_to_dead_letters_readable(app: StreamQ,

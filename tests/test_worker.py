@@ -148,3 +148,14 @@ def test_get_waits_longer_than_the_socket_timeout(valkey: Any, namespace: str,
     assert later.get(timeout=30) == 8
     producer.close()
     assert w.stop() == 0
+
+
+def test_a_first_start_on_new_queues_warns_nothing(vapp: StreamQ, start_worker: Any) -> None:
+    """The lease heartbeat ran before any process had created the queues' group, so
+    every new user's first worker said "Consumer group missing (server restarted
+    without its data?)"."""
+    w = start_worker(vapp.settings.url, "-c", "2", "--log-level", "INFO")
+    assert tasks.add.delay(2, 3).get(timeout=10) == 5
+    before_stop = w.output()
+    assert w.stop() == 0
+    assert " WARNING " not in before_stop, before_stop

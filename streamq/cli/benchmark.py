@@ -22,38 +22,34 @@ every 2 ms until the first result, then every 20 ms; ``roundtrip_p50``/``_p99``
 a warm-up, in ms; ``idle_rss`` VmRSS of that worker's child process after the
 round trips, in MB (copy-on-write pages shared with the supervisor count in full).
 
-Subprocesses get their own session and are stopped by PID: SIGTERM, then SIGKILL
-of their process group after a timeout, also on errors and Ctrl-C.
+``spread`` (``bench_spread``): tasks that sleep 0.1 s on a worker of 8 processes, in
+tasks/s next to the ideal 8 / 0.1 s (a process per task at once).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import platform
 import secrets
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
-from typing import IO, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 from ..api.app import StreamQ
-from ..base.errors import BrokerError, StreamQError
+from ..base.errors import BrokerError
 from ..base.settings import mask_url
 from ..server.ceiling import Ceiling
-from . import bench_tasks
+from . import bench_procs as bp
+from . import bench_spread, bench_tasks
+from .bench_procs import BenchError, Clock
 
 ROUNDS = 5
 ROUNDTRIPS = 1000
 ROUNDTRIP_BUDGET_S = 30.0
 WARMUP = 20
-STOP_TIMEOUT_S = 15.0
 SINK_QUEUE = "bench-enqueue-only"
 
 # key: (label, unit, ceiling, target): with a ceiling, value/ceiling >= target;
@@ -62,26 +58,15 @@ ROWS: dict[str, tuple[str, str, str | None, float]] = {
     "delay": ("delay(), one at a time", "tasks/s", "xadd_single", 0.80),
     "map": ("map(), bulk enqueue", "tasks/s", "xadd_pipelined", 0.50),
     "drain": ("drain: worker runs noops", "tasks/s", "raw_drain", 0.30),
+    "spread": (f"spread: {bench_spread.PROCESSES} processes run {bench_spread.TASK_S:g} s tasks",
+               "tasks/s", "spread_ideal", 0.90),
     "roundtrip_p50": ("delay()+get() p50", "ms", None, 1.0),
     "roundtrip_p99": ("delay()+get() p99", "ms", None, 5.0),
     "idle_rss": ("idle worker RSS", "MB", None, 60.0),
 }
 CEILINGS = {"xadd_single": "raw XADD", "xadd_pipelined": "raw XADD pipelined x100",
-            "raw_drain": "raw XREADGROUP+XACK+XDEL"}
-
-
-class BenchError(StreamQError):
-    """The benchmark could not finish (time limit, a worker that died, ...)."""
-
-
-class _Clock:
-    def __init__(self, limit_s: float) -> None:
-        self.limit_s, self.end, self.phase = limit_s, time.monotonic() + limit_s, "start-up"
-
-    def check(self) -> None:
-        if time.monotonic() > self.end:
-            raise BenchError(f"the benchmark exceeded its time limit of {self.limit_s:g}s "
-                             f"(during {self.phase})")
+            "raw_drain": "raw XREADGROUP+XACK+XDEL",
+            "spread_ideal": f"ideal: {bench_spread.PROCESSES} / {bench_spread.TASK_S:g} s"}
 
 
 def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
@@ -93,7 +78,7 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
     if n < 1 or concurrency < 1 or payload_bytes < 0 or time_limit_s <= 0:
         raise ValueError("n and concurrency must be >= 1, payload_bytes >= 0, time_limit_s > 0")
     say = progress or (lambda _msg: None)
-    clock = _Clock(time_limit_s)
+    clock = Clock(time_limit_s)
     ns = f"streamq-bench-{secrets.token_hex(4)}"
     app = StreamQ(url, namespace=ns)
     t_all = time.perf_counter()
@@ -111,7 +96,7 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
     finally:
         for proc in procs:
             if not proc.bench_log.closed:  # type: ignore[attr-defined]  # not stopped yet
-                _stop(proc)
+                bp.stop(proc)
         if raw is not None:
             say("deleting the benchmark's keys")
             try:
@@ -142,7 +127,7 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
 
 
 # -- measurements ------------------------------------------------------------------------------
-def _timed(clock: _Clock, phase: str, steps: int, step: Callable[[], Any]) -> float:
+def _timed(clock: Clock, phase: str, steps: int, step: Callable[[], Any]) -> float:
     """Seconds taken by ``steps`` calls of ``step()``."""
     clock.phase = phase
     t0 = time.perf_counter()
@@ -153,14 +138,14 @@ def _timed(clock: _Clock, phase: str, steps: int, step: Callable[[], Any]) -> fl
     return time.perf_counter() - t0
 
 
-def _raw_drain(r: Ceiling, stream: str, count: int, clock: _Clock) -> float:
+def _raw_drain(r: Ceiling, stream: str, count: int, clock: Clock) -> float:
     """Seconds to read, ack and delete ``count`` entries of ``stream`` in batches."""
     clock.phase = "raw drain"
     return r.drain(stream, count, clock.check)
 
 
 def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: int,
-             payload_bytes: int, clock: _Clock, say: Callable[[str], None],
+             payload_bytes: int, clock: Clock, say: Callable[[str], None],
              procs: list[subprocess.Popen[bytes]]) -> tuple[dict[str, float], dict[str, Any]]:
     fn, queue = bench_tasks.noop.fn, bench_tasks.noop.options.queue
     noop = app.task(name=bench_tasks.NOOP_NAME, queue=queue)(fn)
@@ -191,7 +176,7 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
     clock.phase = "drain"
     minute0 = int(time.time() // 60)
     t_spawn = t_prev = t_progress = time.perf_counter()
-    proc = _start_worker(url, ns, concurrency, procs)
+    proc = bp.start_worker(url, ns, concurrency, procs, queue)
     first: tuple[float, int] | None = None
     last, gap = 0, 0.0
     while True:
@@ -204,7 +189,7 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
         gap = max(gap, now - t_progress) if first else 0.0
         if done >= n:
             break
-        _check_alive(proc)
+        bp.check_alive(proc)
         clock.check()
         t_prev = now
         time.sleep(0.02 if first else 0.002)
@@ -214,15 +199,19 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
         "drain_first_result_s": round(first[0] - t_spawn, 3),
         "drain_counted_tasks": n - first[1], "drain_timed_s": round(now - first[0], 4),
         "drain_longest_stall_s": round(gap, 3)}
-    _stop(proc)
+    bp.stop(proc)
     raw_s += _raw_drain(r, stream, n - n // 2, clock)
     out["raw_drain"] = round(n / raw_s, 1)
     r.delete(stream)
 
+    out["spread"], out["spread_ideal"], more = bench_spread.measure(app, r, url, ns, clock,
+                                                                    say, procs)
+    details.update(more)
+
     say("streamq: round trips against one idle -c 1 worker")
     clock.phase = "round trips"
-    proc = _start_worker(url, ns, 1, procs)
-    _wait_registered(r, ns, proc, clock)
+    proc = bp.start_worker(url, ns, 1, procs, queue)
+    bp.wait_registered(r, ns, proc, clock)
     for _ in range(WARMUP):
         noop.delay(*args).get(timeout=10)
     samples: list[float] = []
@@ -241,13 +230,13 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
 
     clock.phase = "idle RSS"
     time.sleep(0.5)
-    rss = [_rss_mb(pid) for pid in _children(proc.pid)]
+    rss = [bp.rss_mb(pid) for pid in bp.children(proc.pid)]
     if not rss:
         raise BenchError("the -c 1 worker has no child process to measure")
     out["idle_rss"] = round(max(rss), 1)
     details.update(idle_rss_children_mb=[round(x, 1) for x in rss],
-                   idle_rss_supervisor_mb=round(_rss_mb(proc.pid), 1))
-    _stop(proc)
+                   idle_rss_supervisor_mb=round(bp.rss_mb(proc.pid), 1))
+    bp.stop(proc)
     return out, details
 
 
@@ -255,76 +244,6 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     return sorted_values[max(0, min(len(sorted_values) - 1,
                                     math.ceil(q * len(sorted_values)) - 1))]
-
-
-# -- worker processes --------------------------------------------------------------------------
-def _start_worker(url: str, ns: str, concurrency: int,
-                  procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    # A URL holding a password goes in the environment only, not on the command line.
-    secret = urlsplit(url).password is not None or "password=" in url
-    cmd = [sys.executable, "-m", "streamq", "worker", bench_tasks.__name__, "-c",
-           str(concurrency), *([] if secret else ["--url", url]), "--namespace", ns,
-           "--log-level", "WARNING"]
-    env = dict(os.environ, STREAMQ_URL=url, STREAMQ_NAMESPACE=ns)
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _stop()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
-    proc.bench_log = log  # type: ignore[attr-defined]
-    procs.append(proc)
-    return proc
-
-
-def _check_alive(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        log: IO[bytes] = proc.bench_log  # type: ignore[attr-defined]
-        log.seek(0)
-        tail = " | ".join(log.read().decode(errors="replace").strip().splitlines()[-5:])
-        raise BenchError(f"the bench worker exited with code {proc.returncode}: "
-                         f"{tail or 'no output'}")
-
-
-def _wait_registered(r: Ceiling, ns: str, proc: subprocess.Popen[bytes],
-                     clock: _Clock, timeout_s: float = 30.0) -> None:
-    """Until the worker's process has registered (its first heartbeat): it is reading."""
-    mark, end = f":{proc.pid}:", time.monotonic() + timeout_s
-    while not any(mark in m for m in r.workers(ns)):
-        _check_alive(proc)
-        clock.check()
-        if time.monotonic() > end:
-            raise BenchError(f"the bench worker did not register within {timeout_s:g}s")
-        time.sleep(0.01)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, wait, then SIGKILL whatever is left of its process group; reap."""
-    try:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(STOP_TIMEOUT_S)
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what it started
-        proc.wait()
-        proc.bench_log.close()  # type: ignore[attr-defined]
-
-
-def _children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (from /proc/*/stat: the field after ``(comm)``)."""
-    out = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return sorted(out)
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(x.split()[1]) / 1024 for x in f if x.startswith("VmRSS:"))
 
 
 # -- the rest ------------------------------------------------------------------------------------

@@ -108,6 +108,15 @@ class Ceiling:
                 pipe.hget(keys.stats(ns, queue, minute), "succeeded")
             return sum(int(v) for v in pipe.execute() if v)
 
+    def readers(self, ns: str, queue: str) -> int:
+        """How many consumers have read ``queue`` through streamq's group (0 before the
+        group exists): each worker process is one once it has made its first read."""
+        with translated(self.url):
+            try:
+                return len(self._r.xinfo_consumers(keys.stream(ns, queue), keys.GROUP))
+            except redis.ResponseError:
+                return 0
+
     def workers(self, ns: str) -> list[str]:
         """The ids of the workers registered in namespace ``ns``."""
         with translated(self.url):

@@ -24,6 +24,7 @@ from ..server.connection import TRANSIENT
 from ..server.recovery import Recovery
 from ..server.transport import Packed
 from ..server.writer import OutcomeWriter
+from .batching import BatchSize
 from .executor import Call, Executor
 from .held import Held, Running
 from .housekeeping import Housekeeping
@@ -59,6 +60,8 @@ class Consumer:
         self.name = name
         self.worker_id = worker_id or worker_of(name)
         self.prefetch = prefetch or settings.prefetch
+        self.batch = BatchSize(self.prefetch)
+        """Sizes each read by the tasks' run time (``batching.py``), up to prefetch."""
         self.block_ms = settings.block_ms if block_ms is None else block_ms
         self.hooks = app.hooks
         self.executor = Executor(app.registry, app.accept_content_types, settings.serializer,
@@ -118,6 +121,12 @@ class Consumer:
             except BrokerError as exc:
                 if not isinstance(exc, BrokerConnectionError) and exc.code not in TRANSIENT:
                     raise
+                from ..server.embedded import revive
+
+                # An embedded server this worker resolved and that was stopped: started
+                # again (logged once, by the process that starts it), and on at once.
+                if isinstance(exc, BrokerConnectionError) and revive(self.settings.url):
+                    continue
                 log.warning("Server unavailable (%s); retrying in %.1fs.", exc, delay)
                 halt.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -153,6 +162,7 @@ class Consumer:
             d = held.next()
             if d is None:
                 break
+            taken = time.monotonic()
             if d.deliveries > 1 and held.outcomes:
                 # A redelivered entry may be the one that killed this process's
                 # predecessor: write what is done first, so that it is not run again.
@@ -171,6 +181,7 @@ class Consumer:
                 if self.limits is not None:
                     self.limits.finish()
             done += 1
+            self.batch.observe(time.monotonic() - taken)
             if held.decided(outcome) >= _FLUSH_SIZE:
                 self.flush()
         # Outcomes still held here ride with the next read (_flush_and_read): one round
@@ -235,8 +246,8 @@ class Consumer:
                     self.link.transport.run(pipe)
                 time.sleep(self.block_ms / 1000)
                 return []
-            return self.broker.read(self.name, self.reading, self.prefetch, self.block_ms,
-                                    pipe=pipe)
+            return self.broker.read(self.name, self.reading, self.batch.count(),
+                                    self.block_ms, pipe=pipe)
         except Exception:
             self.held.restore_outcomes(outcomes)
             raise

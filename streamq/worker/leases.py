@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..base.errors import BrokerError
 from ..server.link import ServerLink
 from ..server.recovery import Recovery
 
@@ -47,9 +48,20 @@ class Leases:
             self.link.registry.heartbeat(self.worker_id, self.info())
             for recovery in self.recoveries:
                 for q in self.queues:
-                    recovery.guarded(q, recovery.renew)
+                    self._renew(recovery, q)
         except Exception as exc:  # a server blip: the next beat tries again
             log.warning("Worker heartbeat failed (will retry): %s", exc)
+
+    @staticmethod
+    def _renew(recovery: Recovery, queue: str) -> None:
+        try:
+            recovery.renew(queue)
+        except BrokerError as exc:
+            # No group: a queue nobody has read yet (the first start of a worker), or a
+            # server that lost it. Nothing of ours is pending there; the processes'
+            # reads create the group, so this is not worth a warning.
+            if exc.code != "NOGROUP":
+                raise
 
     def _loop(self) -> None:
         while not self._halt.wait(self.period_s):
