@@ -1,4 +1,8 @@
-"""``streamq demo``: a 2-process worker on worker/tasks.py runs a few hundred tasks."""
+"""``streamq demo``: a 2-process worker on worker/tasks.py runs a few hundred tasks.
+
+On the embedded server, the demo stops the server at the end if it started it, and
+leaves one that was already running as it was (saying so): demos leave nothing behind.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -16,6 +20,9 @@ from rich.table import Table
 
 from ..base.errors import ConfigurationError, StreamQError
 from .common import load_app
+
+if TYPE_CHECKING:
+    from ..server.embedded import Resolved
 
 
 @click.command()
@@ -33,7 +40,13 @@ def demo(count: int) -> None:
     app = load_app(["worker.tasks"])
     tasks = app.registry
     console = Console(highlight=False)
-    url = app.server.url  # starts the embedded server if nothing else is configured
+    embedded = None
+    if app.settings.url is None:  # nothing configured: the project's embedded server
+        from ..server.embedded import resolve_embedded
+
+        embedded = resolve_embedded()  # starts it unless it runs
+        app.configure(url=embedded.url)
+    url = app.server.url
     env = dict(os.environ, STREAMQ_URL=url)
     worker = subprocess.Popen(
         [sys.executable, "-m", "streamq", "worker", "worker.tasks", "-c", "2",
@@ -78,5 +91,23 @@ def demo(count: int) -> None:
             worker.wait(30)
         except subprocess.TimeoutExpired:
             worker.kill()
+        app.close()
+        if embedded is not None:
+            _leave(embedded, console)
     if failed:
         sys.exit(1)
+
+
+def _leave(embedded: Resolved, console: Console) -> None:
+    """Stop the embedded server if the demo started it; else say that it keeps running."""
+    from ..server.embedded import stop_embedded
+
+    if embedded.started:
+        stop_embedded(embedded.project)
+        console.print(f"stopped the embedded server that the demo started for "
+                      f"{embedded.project} (its data stays in .streamq/)", markup=False,
+                      soft_wrap=True)
+    else:
+        console.print(f"the embedded server of {embedded.project} was already running and "
+                      "keeps running (stop it with: streamq server --stop)", markup=False,
+                      soft_wrap=True)
