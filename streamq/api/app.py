@@ -47,7 +47,10 @@ into at most 6 bytes), so only longer ones are measured."""
 class StreamQ:
     """A streamq application: ``@app.task`` registers tasks, ``app.AsyncResult(id)``
     reads results. ``url`` is a redis://, rediss:// or unix:// URL; None means
-    ``STREAMQ_URL``, then the embedded Valkey server of the current directory."""
+    ``STREAMQ_URL``, then the embedded Valkey server of the project: the nearest
+    directory, from the working directory up, that holds ``.streamq/``,
+    ``pyproject.toml`` or ``.git`` (else the working directory). It is started on
+    first use if it is not running, and the process says once which server it uses."""
 
     def __init__(self, url: str | None = None, **options: Any) -> None:
         """``options`` are ``Settings`` fields (``namespace``, ``default_queue``,
