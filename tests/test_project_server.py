@@ -308,6 +308,24 @@ def test_server_list_shows_running_servers_and_forgets_gone_ones(tree: Path,
     assert not _live_server(one) and not _live_server(two)
 
 
+def test_the_list_is_best_effort(tree: Path, cache: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    servers = cache / "streamq" / "servers"
+    servers.mkdir(parents=True)
+    (servers / "garbage.json").write_text("{not json")
+    (servers / "gone.json").write_text(json.dumps(
+        {"project": str(tree), "socket": str(tree / "nope.sock"), "pid": 1, "started": 0}))
+    assert _listed() == []
+    assert list(servers.iterdir()) == []  # both pruned
+    blocked = tree / "not-a-dir"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # no cache dir to be had
+    url = embedded_url(tree, announce=lambda line: None)  # starts all the same
+    assert _live_server(tree) and url.endswith("/.streamq/valkey.sock")
+    assert _listed() == []
+    assert stop_embedded(tree)
+
+
 def test_server_options_that_do_not_go_together(tree: Path) -> None:
     for args in (["--all"], ["--stop", "--list"], ["--json"]):
         out = _cli(tree, "server", *args)
@@ -375,7 +393,9 @@ def test_a_worker_starts_its_stopped_embedded_server_again(tree: Path, tmp_path:
         else:
             stopped = _cli(project, "server", "--stop")
             assert stopped.returncode == 0
-            assert "client(s) were connected: a `streamq worker`" in stopped.stdout
+            assert stopped.stdout.startswith(f"stopped the embedded server of {project} (it "
+                                             "had "), stopped.stdout
+            assert "a `streamq worker` among them starts it again" in stopped.stdout
         wait_until(lambda: _live_server(project) and pid_file.exists() and
                    int(pid_file.read_text()) != first, 15,
                    message=f"the server back; worker output:\n{w.output()}")

@@ -56,8 +56,8 @@ def _stop(project: Path | None) -> None:
     if not embedded.stop_embedded(where):
         click.echo(f"no embedded server is running for {where}")
         return
-    note = f" ({others} client(s) were connected: a `streamq worker` that started on it " \
-           "starts it again, so stop workers first)" if others else ""
+    note = f" (it had {others} client connection(s); a `streamq worker` among them starts " \
+           "it again: stop workers first)" if others else ""
     click.echo(f"stopped the embedded server of {where}{note}")
 
 

@@ -79,6 +79,10 @@ class RunningServer:
     """Its own ``uptime_in_seconds``, or None if it did not answer in time."""
 
 
+_NO_CACHE = (OSError, RuntimeError, KeyError)
+"""No cache dir to be had (a read-only or missing home): the list is best effort."""
+
+
 def _servers_dir() -> Path:
     return user_cache_dir() / "servers"
 
@@ -91,10 +95,10 @@ def _entry(project: Path, pid: int) -> Path:
 def record_server(project: Path, sock: Path, pid: int) -> None:
     """Add a just-started server to the list (best effort: a read-only home only means
     that ``streamq server --list`` cannot show it)."""
-    path = _entry(project, pid)
     doc = {"project": str(project), "socket": str(sock), "url": private.url_of(sock),
            "pid": pid, "started": time.time()}
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(*_NO_CACHE):
+        path = _entry(project, pid)
         path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.parent.mkdir(mode=0o700, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -104,7 +108,7 @@ def record_server(project: Path, sock: Path, pid: int) -> None:
 
 def forget_server(project: Path, pid: int) -> None:
     """Remove a stopped server from the list."""
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(*_NO_CACHE):
         _entry(project, pid).unlink()
 
 
@@ -132,7 +136,7 @@ def running_servers() -> list[RunningServer]:
     found: list[RunningServer] = []
     try:
         paths = sorted(_servers_dir().glob("*.json"))
-    except OSError:
+    except _NO_CACHE:
         return found
     for path in paths:
         try:
