@@ -7,6 +7,7 @@ an app is built. ``--url`` and ``--namespace`` only override what it found.
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import json
 import logging
@@ -21,6 +22,7 @@ from rich.console import Console
 
 from ..api.app import StreamQ, find_app
 from ..base.errors import ConfigurationError
+from ..worker.logs import TASK_FIELDS
 
 UNWRAPPED_WIDTH = 1_000_000
 """The console width off a terminal: a file or a pipe gets every line whole (a
@@ -28,15 +30,25 @@ table is only as wide as its content, so nothing is padded to this)."""
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per log line (``--log-format json``)."""
+    """One JSON object per log line (``--log-format json``): ``ts`` (ISO 8601 in UTC,
+    with milliseconds and the zone: ``2026-12-02T22:47:05.123+00:00``), ``level``,
+    ``logger``, ``process``, ``pid``, ``message``, then the task fields a task's line
+    carries (``streamq.worker.logs.TASK_FIELDS``: ``task_id``, ``task``, ``queue``,
+    ``attempt``, ``runtime_s``, ...) and ``exc`` for a traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": self.formatTime(record), "level": record.levelname,
-               "logger": record.name, "process": record.processName, "pid": record.process,
-               "message": record.getMessage()}
+        ts = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        doc: dict[str, Any] = {"ts": ts.isoformat(timespec="milliseconds"),
+                               "level": record.levelname, "logger": record.name,
+                               "process": record.processName, "pid": record.process,
+                               "message": record.getMessage()}
+        for name in TASK_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                doc[name] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
+        return json.dumps(doc, default=str)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "plain") -> None:
