@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -88,3 +89,72 @@ def test_plain_logs_keep_their_format(vapp: StreamQ, start_worker: Any) -> None:
     assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO \S+\[\d+\] streamq\.task: "
                     r"Task tests\.tasks\.add\[", line), line
     assert not _json_lines(w.output())
+
+
+# -- streamq result --------------------------------------------------------------------
+
+DATE = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} [+-]\d\d:\d\d \((now|.+ ago|in .+)\)"
+
+
+def _rows(stdout: str) -> list[tuple[str, str]]:
+    """(label, value) of each table row, as printed through a pipe (one row a line)."""
+    rows = []
+    for line in stdout.splitlines():
+        parts = [p.strip() for p in line.strip().strip("│|").split("│")]
+        if len(parts) == 2 and parts[0]:
+            rows.append((parts[0], parts[1]))
+    return rows
+
+
+def test_result_reads_in_order_with_dates_arguments_and_the_earlier_error(
+        vapp: StreamQ, start_worker: Any) -> None:
+    url, ns = vapp.settings.url, vapp.settings.namespace
+    common = ("--url", url, "--namespace", ns)
+    w = start_worker(url, "-c", "1")
+    flaky = tasks.flaky.delay("result-layout", 1)  # attempt 1 fails, attempt 2 succeeds
+    assert flaky.get(timeout=20) == 2
+    failed = tasks.fail.delay("kaput")
+    wait_until(lambda: failed.status == "FAILURE", message="the failure")
+    later = tasks.echo.apply_async(kwargs={"value": {"to": "someone"}}, countdown=3600)
+    assert w.stop() == 0
+
+    ok = _cli("result", flaky.id, *common)
+    assert ok.returncode == 0, ok.stderr
+    rows = _rows(ok.stdout)
+    labels = [label for label, _ in rows]
+    assert labels == ["id", "task", "queue", "status", "result", "earlier error (attempt 1)",
+                      "args", "attempts", "deliveries", "worker", "enqueued", "started",
+                      "finished", "runtime"], ok.stdout
+    got = dict(rows)
+    assert (got["id"], got["task"], got["queue"], got["status"], got["result"]) == \
+        (flaky.id, "tests.tasks.flaky", "default", "SUCCESS", "2")
+    assert got["earlier error (attempt 1)"] == "ValueError: failure 1 of 1"
+    assert (got["args"], got["attempts"], got["deliveries"]) == \
+        ("(not kept: a task's message is deleted once it succeeded)", "2", "1")
+    assert got["worker"].startswith(f"{socket.gethostname()}:")
+    for label in ("enqueued", "started", "finished"):
+        assert re.fullmatch(DATE, got[label]), (label, got[label])
+    assert re.fullmatch(r"< 1 ms|\d+(\.\d+)? ms|\d+(\.\d+)? s", got["runtime"]), got["runtime"]
+    assert "_ms" not in ok.stdout  # no raw epoch milliseconds for a reader
+    assert "earlier traceback (attempt 1):" in ok.stdout
+    assert "ValueError: failure 1 of 1" in ok.stdout.split("earlier traceback")[1]
+
+    bad = dict(_rows(_cli("result", failed.id, *common).stdout))
+    assert (bad["status"], bad["error"], bad["args"], bad["kwargs"], bad["attempts"]) == \
+        ("FAILURE", "ValueError: kaput", "['kaput']", "{}", "1")
+    assert "earlier error (attempt 1)" not in bad and re.fullmatch(DATE, bad["finished"])
+
+    scheduled = _cli("result", later.id, *common)
+    got = dict(_rows(scheduled.stdout))
+    assert (got["status"], got["args"], got["kwargs"], got["attempts"]) == \
+        ("SCHEDULED", "[]", "{'value': {'to': 'someone'}}", "0"), scheduled.stdout
+    assert re.fullmatch(DATE, got["due"]) and "(in 59 min" in got["due"], got["due"]
+
+    # --json: every stored field under its own name, raw numbers, and the arguments.
+    doc = json.loads(_cli("result", failed.id, *common, "--json").stdout)
+    stored = vapp.AsyncResult(failed.id).info
+    assert {k: doc[k] for k in stored} == stored
+    assert (doc["id"], doc["args"], doc["kwargs"]) == (failed.id, ["kaput"], {})
+    doc = json.loads(_cli("result", flaky.id, *common, "--json").stdout)
+    assert doc["exc_type"] == "ValueError" and doc["result"] == 2 and "args" not in doc
+    assert isinstance(doc["enqueued_ms"], int) and isinstance(doc["runtime_ms"], int)

@@ -72,9 +72,10 @@ def configure_logging(level: str = "INFO", fmt: str = "plain") -> None:
 def stdout_console() -> Console:
     """A console on stdout. On a terminal it wraps to the terminal's width; off one
     (a file, ``grep``) nothing is wrapped, so tracebacks, reasons and names that a
-    reader or a program looks for stay on one line each."""
+    reader or a program looks for stay on one line each. ``COLUMNS`` in the
+    environment sets the width either way (``COLUMNS=80 streamq dead list | less``)."""
     console = Console(highlight=False)
-    if not console.is_terminal:
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit():
         console.width = UNWRAPPED_WIDTH
     return console
 
