@@ -142,7 +142,7 @@ def test_result_enqueue_and_dead_commands(vapp: StreamQ, start_worker: Any) -> N
     requeued = _cli("dead", "requeue", "default", "--all", *common, "--json")
     assert json.loads(requeued.stdout) == {"requeued": 1}
     wait_until(lambda: len(vapp.dead.list("default")) == 1, message="failed again")
-    purged = _cli("dead", "purge", "default", *common, "--json")
+    purged = _cli("dead", "purge", "default", *common, "--json", "--yes")
     assert json.loads(purged.stdout) == {"purged": 1}
     no_ids = _cli("dead", "requeue", "default", *common)
     assert no_ids.returncode == 2 and len(no_ids.stderr.strip().splitlines()) == 1

@@ -158,3 +158,98 @@ def test_result_reads_in_order_with_dates_arguments_and_the_earlier_error(
     doc = json.loads(_cli("result", flaky.id, *common, "--json").stdout)
     assert doc["exc_type"] == "ValueError" and doc["result"] == 2 and "args" not in doc
     assert isinstance(doc["enqueued_ms"], int) and isinstance(doc["runtime_ms"], int)
+
+
+# -- streamq dead list / purge ---------------------------------------------------------
+
+LONG = "a reason that goes on and on, " * 8
+
+
+def _dead_letters(vapp: StreamQ, start_worker: Any, n: int = 2) -> list[Any]:
+    w = start_worker(vapp.settings.url, "-c", "1", "-Q", "default,other")
+    failed = [tasks.fail.delay(f"{i} {LONG}") for i in range(n)]
+    failed.append(tasks.fail.apply_async((LONG,), queue="other"))
+    wait_until(lambda: all(r.status == "FAILURE" for r in failed), timeout=20,
+               message="the failures")
+    assert w.stop() == 0
+    return failed
+
+
+def _words(text: str) -> str:
+    return " ".join(text.replace("│", " ").replace("┃", " ").split())
+
+
+def test_dead_list_is_readable_at_80_columns_and_cuts_nothing(
+        vapp: StreamQ, start_worker: Any) -> None:
+    _dead_letters(vapp, start_worker)
+    common = ("--url", vapp.settings.url, "--namespace", vapp.settings.namespace)
+    letters = json.loads(_cli("dead", "list", *common, "--json").stdout)
+    assert len(letters) == 3
+    for width in (80, 60, 200):
+        out = _cli("dead", "list", *common, columns=width)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert max(len(line.rstrip()) for line in lines) <= width, (width, out.stdout)
+        words = _words(out.stdout)
+        for d in letters:
+            first = d["reason"].splitlines()[0]
+            assert len(first) > width
+            for value in (d["entry_id"], d["task_id"], d["task"], _words(first)):
+                assert value in words, (width, value, out.stdout)
+    blocks = _cli("dead", "list", *common, columns=80).stdout
+    assert "task id" in blocks and "traceback" in blocks and "streamq result" in blocks
+    labels = [line.strip().split("  ")[0] for line in blocks.splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert [labels.count(x) for x in ("task", "task id", "reason")] == [3, 3, 3]
+    table = _cli("dead", "list", *common, columns=200).stdout
+    assert "┃ entry" in table and "┃ reason" in table  # one table, reasons wrapped
+
+
+def _in_a_terminal(*args: str, answer: str) -> subprocess.CompletedProcess[str]:
+    """``python -m streamq ARGS`` with stdin a terminal (a pty) on which ``answer``
+    is typed."""
+    import pty
+
+    main_fd, tty_fd = pty.openpty()
+    try:
+        os.write(main_fd, answer.encode())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMQ_")}
+        return subprocess.run([sys.executable, "-m", "streamq", *args], check=False,
+                              cwd=ROOT, env=env, stdin=tty_fd, capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        os.close(tty_fd)
+        os.close(main_fd)
+
+
+def test_dead_purge_confirms_and_needs_all_for_every_queue(
+        vapp: StreamQ, start_worker: Any) -> None:
+    _dead_letters(vapp, start_worker)
+    common = ("--url", vapp.settings.url, "--namespace", vapp.settings.namespace)
+
+    def counts() -> tuple[int, int]:
+        return vapp.dead.count("default"), vapp.dead.count("other")
+
+    assert counts() == (2, 1)
+    for args, word in ((("dead", "purge"), "--all"), (("dead", "purge", "default"), "--yes"),
+                       (("dead", "purge", "--all"), "--yes"),
+                       (("dead", "purge", "default", "--all", "--yes"), "--all")):
+        out = _cli(*args, *common)  # stdin is not a terminal
+        assert out.returncode == 2, (args, out.stderr)
+        [line] = out.stderr.strip().splitlines()
+        assert line.startswith("streamq: error:") and word in line, (args, line)
+        assert out.stdout == "" and counts() == (2, 1)
+
+    no = _in_a_terminal("dead", "purge", "default", *common, answer="n\n")
+    assert no.returncode == 1, no.stderr
+    assert "Delete 2 dead letter(s) of queue default for good?" in no.stderr
+    assert "nothing purged" in no.stderr and counts() == (2, 1)
+    yes = _in_a_terminal("dead", "purge", "default", *common, answer="y\n")
+    assert yes.returncode == 0, yes.stderr
+    assert "purged 2 dead letter(s) of queue default" in yes.stdout and counts() == (0, 1)
+
+    _dead_letters(vapp, start_worker, n=1)
+    assert counts() == (1, 2)
+    everything = _cli("dead", "purge", "--all", "--yes", "--json", *common)
+    assert everything.returncode == 0, everything.stderr
+    assert json.loads(everything.stdout) == {"purged": 3} and counts() == (0, 0)
