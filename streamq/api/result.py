@@ -9,11 +9,19 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from ..base.errors import ResultNotFoundError, ResultTimeoutError, TaskFailed
+from ..base.errors import (
+    GetInsideTaskError,
+    ResultNotFoundError,
+    ResultTimeoutError,
+    TaskFailed,
+    remote_failure,
+)
 from ..base.settings import Settings
 from ..data import record, serialization
 from ..data.record import Status
 from ..server.link import ServerLink
+from .context import current_task, process_queues
+from .diagnosis import timed_out
 
 
 class ResultApp(Protocol):
@@ -96,14 +104,26 @@ class AsyncResult:
             self._store.forget(queue, self.id)
         self._sent_at = None  # get() must not assume a record any more
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+    def get(self, timeout: float | None = None, propagate: bool = True, *,
+            disable_sync_subtasks: bool = True) -> Any:
         """Wait for the task to finish and return its value.
 
         Raises ``TaskFailed`` if it failed or went to dead letters (when
-        ``propagate``; otherwise that exception is returned), ``ResultTimeoutError``
-        (a ``TimeoutError``) when ``timeout`` seconds pass, and
+        ``propagate``; otherwise that exception is returned): for a failure, an
+        instance of the task's own exception class too when this process has imported
+        it (see ``streamq.base.errors.remote_failure``). Raises
+        ``ResultTimeoutError`` (a ``TimeoutError``) when ``timeout`` seconds pass,
+        saying whether any live worker reads the task's queue, and
         ``ResultNotFoundError`` for an id with no record.
+
+        Inside a running task, waiting for a task on the queue it runs on (or on any
+        queue its worker process reads) raises ``GetInsideTaskError`` (a
+        ``RuntimeError``): the process may hold that task itself, or be the only one
+        to run it, and wait for ever. ``disable_sync_subtasks=False`` (Celery's name)
+        allows it.
         """
+        if disable_sync_subtasks:
+            self._refuse_inside_task()
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         # A task this process enqueued has a record, so marking it and blocking can
@@ -143,8 +163,32 @@ class AsyncResult:
                 # once, so pace the loop instead of spinning on it.
                 time.sleep(min(0.1, remaining or 0.1))
             if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeoutError(
-                    f"task {self.id} did not finish within the timeout (status {status})")
+                raise self._timed_out(status, timeout)
+
+    def _refuse_inside_task(self) -> None:
+        ctx = current_task()
+        if ctx is None:
+            return
+        queue = self._where()
+        if queue == ctx.queue or queue in process_queues():
+            which = "it runs on" if queue == ctx.queue else "its process reads"
+            raise GetInsideTaskError(
+                f"never call result.get() inside a task for a task on the queue {which}: "
+                f"task {ctx.name} ({ctx.id}) waits for {self.id} on queue {queue!r}, "
+                f"which this process may be holding or be the only one to run, so it can "
+                f"wait for ever. Enqueue a follow-up task instead (or pass "
+                f"get(disable_sync_subtasks=False))")
+
+    def _timed_out(self, status: str | None, timeout: float | None) -> ResultTimeoutError:
+        """The timeout error, saying what the record and the worker registry tell."""
+        rec: dict[str, Any] = {}
+        try:
+            rec = self._record()
+        except Exception:  # the diagnosis must never hide the timeout itself
+            pass
+        return timed_out(self.app.server, self.id, self._queue or "?",
+                         rec.get(record.STATUS) or status or Status.UNKNOWN.value,
+                         rec.get(record.TASK), timeout or 0.0)
 
     def _not_found(self) -> ResultNotFoundError:
         return ResultNotFoundError(
@@ -166,13 +210,14 @@ class AsyncResult:
         status = rec[record.STATUS]
         if status == Status.SUCCESS:
             return self._decode_result(rec) if record.RESULT in rec else None
-        exc = TaskFailed(
-            self.id,
-            rec.get(record.EXC_TYPE) or ("DeadLetter" if status == Status.DEAD else "Error"),
-            rec.get(record.EXC_MESSAGE) or rec.get(record.REASON, ""),
-            rec.get(record.TRACEBACK, ""),
-            status=status,
-        )
+        if status == Status.DEAD:  # a dead letter's reason, not an earlier attempt's error
+            exc = TaskFailed(self.id, "DeadLetter",
+                             rec.get(record.REASON) or rec.get(record.EXC_MESSAGE, ""),
+                             rec.get(record.TRACEBACK, ""), status=status)
+        else:
+            exc = remote_failure(self.id, rec.get(record.EXC_TYPE) or "Error",
+                                 rec.get(record.EXC_MESSAGE, ""), rec.get(record.TRACEBACK, ""),
+                                 status=status)
         if propagate:
             raise exc
         return exc

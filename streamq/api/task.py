@@ -5,18 +5,19 @@ a namespace: ``delay`` takes only the task's arguments.
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
+from ..base.errors import ConfigurationError
 from ..base.ids import new_task_id
 from ..base.settings import Settings, check_queue_name
 from ..data import serialization
 from ..data.message import Message, now_ms
+from .context import TaskContext, current_task, running_as
 from .result import AsyncResult
 
 
@@ -31,6 +32,9 @@ class TaskApp(Protocol):
                 ) -> list[AsyncResult]: ...
 
     def value_limit(self) -> int: ...
+
+__all__ = ["CountdownDue", "Task", "TaskApp", "TaskContext", "TaskOptions", "build_message",
+           "current_task", "due_ms_from", "running_as"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -62,42 +66,6 @@ class TaskOptions:
             raise ValueError(f"timeout must be positive seconds, got {self.timeout!r}")
         if self.retry_backoff < 0 or self.retry_backoff_max < 0:
             raise ValueError("retry_backoff and retry_backoff_max must be >= 0 seconds")
-
-
-class TaskContext(NamedTuple):
-    """What ``current_task()`` returns inside a running task (built once per run)."""
-
-    id: str
-    name: str
-    queue: str
-    retries: int
-    deliveries: int
-
-
-_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
-    "streamq_current_task", default=None)
-
-
-def current_task() -> TaskContext | None:
-    """The running task's id, name, queue, retries and delivery count (None outside one)."""
-    return _current.get()
-
-
-class running_as:  # noqa: N801 - a context manager used like a function
-    """Makes ``ctx`` the ``current_task()`` of the code inside (in this thread or
-    coroutine: a context variable)."""
-
-    __slots__ = ("ctx", "token")
-
-    def __init__(self, ctx: TaskContext) -> None:
-        self.ctx = ctx
-
-    def __enter__(self) -> TaskContext:
-        self.token = _current.set(self.ctx)
-        return self.ctx
-
-    def __exit__(self, *exc_info: object) -> None:
-        _current.reset(self.token)
 
 
 class CountdownDue(int):
@@ -165,6 +133,11 @@ class Task(Generic[P, R]):
     """A registered task. Calling it runs the function here and now."""
 
     def __init__(self, app: TaskApp, fn: Callable[P, R], options: TaskOptions) -> None:
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise ConfigurationError(
+                f"task {options.name}: async def tasks are not supported yet (a worker "
+                f"would only get a coroutine back); define it with def, and run the "
+                f"async code inside with asyncio.run(...)")
         self.app = app
         self.fn = fn
         self.options = options
@@ -216,6 +189,17 @@ class Task(Generic[P, R]):
         ]
         return self.app.enqueue(prepared, many=True)
 
+    def _call_error(self, kwargs: dict[str, Any], exc: TypeError) -> str:
+        """What is wrong with a call, as Python says it: an unexpected keyword first
+        (``bind`` would complain of a missing argument before it)."""
+        params = self._signature.parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            for name in kwargs:
+                p = params.get(name)
+                if p is None or p.kind is p.VAR_POSITIONAL:
+                    return f"got an unexpected keyword argument {name!r}"
+        return str(exc)
+
     def prepare(
         self,
         args: tuple[Any, ...],
@@ -234,7 +218,7 @@ class Task(Generic[P, R]):
             try:
                 self._signature.bind(*args, **kwargs)
             except TypeError as exc:
-                raise TypeError(f"{self.name}(): {exc}") from None
+                raise TypeError(f"{self.name}() {self._call_error(kwargs, exc)}") from None
         if task_id is not None and (not isinstance(task_id, str) or not task_id or any(
                 c in task_id for c in "{} \n\r\t")):
             raise ValueError(f"task_id must be a non-empty string without spaces or braces, "

@@ -17,9 +17,14 @@ Error tree (all derive from ``StreamQError``)::
     │                                     (also a BrokerConnectionError)
     ├── EmbeddedServerError           the embedded Valkey server could not be started
     └── ResultError
-        ├── ResultTimeoutError        (also a builtin TimeoutError) get() timed out
+        ├── ResultTimeoutError        (also a builtin TimeoutError) get() timed out; says
+        │                             whether any live worker reads the task's queue
         ├── ResultNotFoundError       no record for this id (never enqueued, forgotten or expired)
-        └── TaskFailed                the task failed or died; carries the remote error
+        ├── GetInsideTaskError        (also a builtin RuntimeError) get() inside a task, on
+        │                             the queue that task runs on
+        └── TaskFailed                the task failed or died; carries the remote error, and
+                                      is also the task's own exception class when the caller
+                                      has it imported (see ``remote_failure``)
 
 Control flow (not errors, base ``TaskSignal``): ``Retry`` asks for another attempt,
 ``Reject`` sends the message straight to dead letters.
@@ -27,6 +32,10 @@ Control flow (not errors, base ``TaskSignal``): ``Retry`` asks for another attem
 
 from __future__ import annotations
 
+import builtins
+import sys
+import types
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -125,15 +134,38 @@ class ResultError(StreamQError):
 
 
 class ResultTimeoutError(ResultError, TimeoutError):
-    """``AsyncResult.get(timeout=...)`` gave up waiting."""
+    """``AsyncResult.get(timeout=...)`` gave up waiting. The message says the task's
+    status and whether any live worker reads its queue; ``task_id`` and ``status``
+    are attributes, ``readers`` the number of live workers that read the queue lately
+    (None when that could not be found out)."""
+
+    def __init__(self, message: str, task_id: str = "", status: str = "",
+                 readers: int | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.status = status
+        self.readers = readers
 
 
 class ResultNotFoundError(ResultError):
     """No record exists for this task id (never enqueued, forgotten, or expired)."""
 
 
+class GetInsideTaskError(ResultError, RuntimeError):
+    """``AsyncResult.get()`` was called inside a running task for a task on the queue
+    that task itself runs on: it waits for a task that a process of the same worker
+    may be holding, which can deadlock it (Celery refuses this too). Enqueue a
+    follow-up task instead, or pass ``get(disable_sync_subtasks=False)``."""
+
+
 class TaskFailed(ResultError):  # noqa: N818 - Celery's name, fixed by the API
-    """The task failed (or went to dead letters); carries the remote error."""
+    """The task failed (or went to dead letters); carries the remote error.
+
+    ``str()`` is one line, ``<exc_type>: <exc_message>``; the attributes are
+    ``task_id``, ``exc_type`` (``ValueError``, ``myapp.errors.PaymentDeclined``),
+    ``exc_message``, ``traceback`` (the remote one, as text) and ``status``
+    (``FAILURE`` or ``DEAD``). The remote traceback is also a note of the exception
+    (``__notes__``), so an uncaught one prints it."""
 
     def __init__(
         self,
@@ -148,16 +180,115 @@ class TaskFailed(ResultError):  # noqa: N818 - Celery's name, fixed by the API
         self.exc_message = exc_message
         self.traceback = traceback
         self.status = status
-        text = f"task {task_id} {status}: {exc_type}: {exc_message}"
+        super().__init__(self._line())
         if traceback:
-            text += "\n\nRemote traceback:\n" + traceback.rstrip()
-        super().__init__(text)
+            self.add_note(f"Remote traceback of task {task_id} ({status}):\n"
+                          f"{traceback.rstrip()}")
+
+    def _line(self) -> str:
+        return " ".join(f"{self.exc_type}: {self.exc_message}".split())
+
+    def __str__(self) -> str:
+        return self._line()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.task_id!r}, {self._line()!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
-            TaskFailed,
+            remote_failure,
             (self.task_id, self.exc_type, self.exc_message, self.traceback, self.status),
         )
+
+
+def remote_failure(task_id: str, exc_type: str, exc_message: str, traceback: str = "",
+                   status: str = "FAILURE") -> TaskFailed:
+    """The ``TaskFailed`` that ``get()`` raises for a task that failed with
+    ``exc_type``: also an instance of that class, so ``except PaymentDeclined:``
+    works as ``except TaskFailed:`` does, when
+
+    - the task FAILED (a dead letter's reason is no exception of the task's);
+    - the class is found in a module this process has *already imported*
+      (``sys.modules``; builtins by their bare name): a record is written by anyone who
+      can write to the server, so its text never makes this process import anything,
+      nor run a module's ``__getattr__``;
+    - it is an ``Exception`` subclass that a class can derive from together with
+      ``TaskFailed`` (no layout conflict, no ``__new__`` that refuses the arguments).
+
+    Otherwise it is a plain ``TaskFailed``. The instance's ``__init__`` is
+    ``TaskFailed``'s: attributes the class's own ``__init__`` would set are absent
+    (``exc_message`` holds the message)."""
+    cls = _dual_class(exc_type) if status == "FAILURE" else None
+    if cls is not None:
+        try:
+            exc = cls(task_id, exc_type, exc_message, traceback, status)
+            if isinstance(exc, TaskFailed):
+                return exc
+        except Exception:  # a __new__ of the class's own that wants other arguments
+            _DUAL[exc_type] = None
+    return TaskFailed(task_id, exc_type, exc_message, traceback, status)
+
+
+_DUAL: dict[str, type[TaskFailed] | None] = {}
+"""exc_type -> its class derived from TaskFailed too (None: none can be made)."""
+
+
+def _dual_class(exc_type: str) -> type[TaskFailed] | None:
+    if exc_type in _DUAL:
+        dual = _DUAL[exc_type]
+        # The class found last time may have been replaced (a module reloaded).
+        if dual is None or _imported_class(exc_type) is dual.__mro__[1]:
+            return dual
+    original = _imported_class(exc_type)
+    dual = None
+    if original is not None and not issubclass(original, TaskFailed) and \
+            not issubclass(TaskFailed, original) and not issubclass(original, TaskSignal):
+        try:
+            dual = types.new_class(original.__name__, (original, TaskFailed), {},
+                                   lambda ns: ns.update(_DUAL_BODY, __module__=original.__module__,
+                                                        __qualname__=original.__qualname__))
+        except Exception:  # layout conflict, a metaclass or __init_subclass__ that refuses
+            dual = None
+    if original is None:
+        return None  # not imported yet: it may be later, so nothing is remembered
+    _DUAL[exc_type] = dual
+    return dual
+
+
+_DUAL_BODY: dict[str, Any] = {
+    # TaskFailed's behaviour wins over the original class's, which comes first in the
+    # MRO so that ``except Original`` and its methods work.
+    "__init__": TaskFailed.__init__, "__str__": TaskFailed.__str__,
+    "__repr__": TaskFailed.__repr__, "__reduce__": TaskFailed.__reduce__,
+    "__doc__": "A TaskFailed that is also the task's own exception class.",
+}
+
+
+def _imported_class(exc_type: str) -> type[Exception] | None:
+    """The exception class ``exc_type`` names, looked up in ``sys.modules`` only."""
+    parts = exc_type.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return None
+    if len(parts) == 1:
+        found = vars(builtins).get(exc_type)
+    else:
+        found = None
+        for cut in range(len(parts) - 1, 0, -1):  # the longest imported module first
+            module = sys.modules.get(".".join(parts[:cut]))
+            if module is None:
+                continue
+            obj: Any = module
+            for name in parts[cut:]:
+                # The namespace itself: getattr could run a module's __getattr__.
+                namespace = getattr(obj, "__dict__", None)
+                obj = namespace.get(name) if isinstance(namespace, Mapping) else None
+                if obj is None:
+                    break
+            found = obj
+            break
+    if isinstance(found, type) and issubclass(found, Exception):
+        return found
+    return None
 
 
 class TaskSignal(Exception):  # noqa: N818 - control flow, not an error

@@ -23,6 +23,7 @@ from rich.console import Console
 from ..api.app import StreamQ, find_app
 from ..base.errors import ConfigurationError
 from ..worker.logs import TASK_FIELDS
+from .importing import import_failed
 
 UNWRAPPED_WIDTH = 1_000_000
 """The console width off a terminal: a file or a pipe gets every line whole (a
@@ -89,8 +90,8 @@ def load_app(specs: tuple[str, ...] | list[str]) -> StreamQ:
         module_name, _, attr = spec.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigurationError(f"cannot import module {module_name!r}: {exc}") from None
+        except Exception as exc:  # whatever it raised, as one line (ModuleImportError)
+            raise import_failed(module_name, exc) from None
         if attr:
             try:
                 candidates.append(getattr(module, attr))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import click
 
 from ..base.errors import ConfigurationError
 from ..base.settings import mask_url
 from .common import configure_logging, load_app
+from .importing import ModuleImportError
 
 log = logging.getLogger("streamq.cli")
 
@@ -35,7 +37,10 @@ log = logging.getLogger("streamq.cli")
               help="Seconds between heartbeats (default 5).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port.")
-@click.option("--reload", is_flag=True, help="Restart processes when a Python file changes.")
+@click.option("--reload", is_flag=True,
+              help="Restart when a .py file under the modules' directories changes; a "
+                   "module that does not import is reported in one line and loaded again "
+                   "at the next save.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-format", default="plain", show_default=True,
@@ -50,12 +55,19 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
     Example:
       streamq worker worker.tasks -Q default,emails -c 4 --grace 60
     """
-    from ..worker import metrics
+    from ..worker import metrics, reloading
     from ..worker.supervisor import Supervisor
 
     configure_logging(log_level, log_format)
-    app = load_app(modules)
-    reload_dirs = _module_dirs(modules) if reload else None
+    began = time.time()
+    try:
+        app = load_app(modules)
+    except ModuleImportError as exc:
+        if not reload:
+            raise
+        # --reload: a module being edited may not import yet; the next save may fix it.
+        reloading.wait_for_a_fix(str(exc), reloading.module_dirs(modules), exc.path, began)
+    reload_dirs = reloading.module_dirs(modules) if reload else None
     if not app.registry:
         raise ConfigurationError(f"no tasks are registered by {', '.join(modules)}")
     # Resolved before any fork (this may start the embedded server), then every change
@@ -90,13 +102,3 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
             metrics.cleanup_multiprocess_dir(metrics_dir)
     sys.exit(code)
 
-
-def _module_dirs(specs: tuple[str, ...]) -> list[str]:
-    """The directories of the imported task modules, watched by ``--reload``."""
-    dirs = []
-    for spec in specs:
-        module = sys.modules.get(spec.partition(":")[0])
-        path = getattr(module, "__file__", None)
-        if path:
-            dirs.append(os.path.dirname(os.path.abspath(path)))
-    return sorted(set(dirs))

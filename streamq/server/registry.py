@@ -1,10 +1,19 @@
 """The worker registry: who is alive (``ns:workers``) and what each worker is
-(``ns:worker:<id>``), written by heartbeats and read by recovery and status."""
+(``ns:worker:<id>``), written by heartbeats and read by recovery, status, the
+diagnosis of a ``get()`` that timed out and ``streamq enqueue``.
+
+A worker's hash holds its description (``host``, ``pid``, ``processes``,
+``queues`` comma-separated, ``tasks`` a JSON list of the task names it registered,
+``started_ms``, ``heartbeat_s``), ``last_heartbeat_ms``, ``last_read_ms`` (written by
+a process's heartbeat when that process read its queues since its previous one: never
+per read) and outcome counters.
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from ..base import keys
 from .broker import as_str
@@ -16,6 +25,53 @@ DEAD_WORKER_LISTED_MS = 3600 * 1000
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+READ_WINDOW_S = 60.0
+"""A worker "reads" a queue when one of its processes read it this recently."""
+
+
+class WorkerEntry(NamedTuple):
+    """A live worker as its registration describes it."""
+
+    id: str
+    queues: tuple[str, ...]
+    tasks: frozenset[str] | None
+    """The task names it registered; None when it does not say (an older version)."""
+    last_read_ms: int | None
+    """When one of its processes last read its queues (by its own clock)."""
+    last_heartbeat_ms: int
+
+    def read_lately(self, within_s: float = READ_WINDOW_S) -> bool:
+        """Whether it read its queues within ``within_s`` before its last heartbeat
+        (both by its own clock: no skew between hosts). True when it does not say (an
+        older version, or a worker whose processes have not sent a heartbeat yet)."""
+        return self.last_read_ms is None or \
+            self.last_heartbeat_ms - self.last_read_ms <= within_s * 1000
+
+
+def encode_tasks(names: list[str]) -> str:
+    """The ``tasks`` field of a registration."""
+    return json.dumps(sorted(names))
+
+
+def _decode_tasks(raw: str | None) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(names, list):
+        return None
+    return frozenset(n for n in names if isinstance(n, str))
+
+
+def _int(raw: str | None) -> int | None:
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        return None
 
 
 class Registry:
@@ -59,6 +115,26 @@ class Registry:
             if now - int(score) <= heartbeats * hb_s * 1000:
                 live.add(as_str(worker_id))
         return live
+
+    def live_workers(self, heartbeats: int = 3, default_heartbeat_s: float = 5.0
+                     ) -> list[WorkerEntry]:
+        """The live workers (as ``live``) with what they registered, by id."""
+        ids = sorted(self.live(heartbeats, default_heartbeat_s))
+        if not ids:
+            return []
+        pipe = self.connection.client.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.hgetall(keys.worker(self.ns, worker_id))
+        out = []
+        for worker_id, raw in zip(ids, pipe.execute(raise_on_error=False), strict=True):
+            if not isinstance(raw, dict) or not raw:  # expired meanwhile, or an error
+                continue
+            h = {as_str(k): as_str(v) for k, v in raw.items()}
+            out.append(WorkerEntry(
+                worker_id, tuple(q for q in (h.get("queues") or "").split(",") if q),
+                _decode_tasks(h.get("tasks")), _int(h.get("last_read_ms")),
+                _int(h.get("last_heartbeat_ms")) or 0))
+        return out
 
     def deregister(self, worker_id: str) -> None:
         pipe = self.connection.client.pipeline(transaction=False)

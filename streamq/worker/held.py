@@ -30,8 +30,12 @@ class Held:
         """Taken from the buffer and not finished (prepared, running or deciding)."""
         self.current_since = 0.0
         self.running: Running | None = None
+        self.reads = 0
+        """Batches added (reads and recoveries, empty ones too): the heartbeat tells
+        from it whether this process read its queues since the last one."""
 
     def add(self, deliveries: list[Delivery]) -> None:
+        self.reads += 1  # only the consumer's thread adds
         if deliveries:
             with self.lock:
                 self.buffer.extend(deliveries)

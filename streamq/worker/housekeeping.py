@@ -55,6 +55,7 @@ class Housekeeping:
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name="streamq-housekeeping")
         self._marked: str | None = None  # the entry whose task was last marked STARTED
+        self._reads_before = -1  # held.reads at the last heartbeat
 
     def start(self) -> None:
         self._thread.start()
@@ -137,4 +138,12 @@ class Housekeeping:
                             "this process will not run them.", len(lost), q)
                 self.held.drop(q, lost)
         if self.registration is not None:
-            self.link.registry.heartbeat(*self.registration)
+            worker_id, info = self.registration
+            h = self.held
+            # Read since the last heartbeat, or waiting in a read now: the registration
+            # says when (a diagnosis of get(timeout=) and status read it).
+            reads = h.reads
+            if reads != self._reads_before or (h.current is None and not h.buffer):
+                info = dict(info, last_read_ms=now_ms())
+            self._reads_before = reads
+            self.link.registry.heartbeat(worker_id, info)

@@ -16,17 +16,18 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..api.context import set_process_queues
 from ..base.ids import new_worker_id, parse_worker_id
 from ..data.message import now_ms
 from ..data.outcome import Released
 from ..server.recovery import Recovery
+from ..server.registry import encode_tasks
 from ..server.writer import OutcomeWriter
-from . import metrics
+from . import metrics, reloading
 from .leases import Leases
 from .limits import LimitSlot
 
@@ -79,7 +80,7 @@ class Supervisor:
         self._slots = [self._new_slot(i) for i in range(concurrency)]
         self._stop_requested = 0
         self._reload_dirs = reload_dirs
-        self._reload_requested = threading.Event()
+        self._second_signal = ""
         self.restarts = 0
         self.started_ms = now_ms()
 
@@ -90,7 +91,8 @@ class Supervisor:
     def worker_info(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "processes": self.concurrency, "queues": ",".join(self.queues),
-                "started_ms": self.started_ms, "heartbeat_s": self.app.settings.heartbeat_s}
+                "started_ms": self.started_ms, "heartbeat_s": self.app.settings.heartbeat_s,
+                "tasks": encode_tasks(list(self.app.registry))}
 
     # -- signals ------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -99,13 +101,20 @@ class Supervisor:
             log.warning("Received %s: no new tasks; waiting up to %.0fs for running ones "
                         "(send SIGINT again to stop at once).", signal.Signals(signum).name,
                         self.grace_s)
+        elif not self._second_signal:
+            # The shutdown loop acts on it, and says what it did.
+            self._second_signal = "Ctrl-C" if signum == signal.SIGINT else \
+                signal.Signals(signum).name
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self._prune_registry()
-        observer = self._watch() if self._reload_dirs else None
+        watcher = None
+        if self._reload_dirs:
+            watcher = reloading.Watcher(self._reload_dirs).start()
+            log.info("Watching %s for changes (--reload).", ", ".join(watcher.dirs))
         leases = Leases(self.app.server, self.worker_id, lambda: self.worker_info,
                         [slot.consumer for slot in self._slots], self.queues,
                         self.app.settings.heartbeat_s)
@@ -113,42 +122,19 @@ class Supervisor:
         for slot in self._slots:
             self._spawn(slot)
         try:
-            while not self._stop_requested and not self._reload_requested.is_set():
+            while not self._stop_requested and not (watcher and watcher.changed()):
                 self.tick()
                 time.sleep(0.02)
             code = self._shutdown()
         finally:
             leases.stop()
-            if observer is not None:
-                observer.stop()
-                observer.join(5)
+            if watcher is not None:
+                watcher.stop()
             self._deregister()
-        if self._reload_requested.is_set() and not self._stop_requested:
+        if watcher is not None and watcher.changed() and not self._stop_requested:
             log.warning("Python files changed; restarting the worker.")
-            os.execv(sys.executable, [sys.executable, "-m", "streamq", *sys.argv[1:]])
+            reloading.restart()
         return code
-
-    def _watch(self) -> Any:
-        """Watch the task modules' directories (``--reload``); a changed .py file asks
-        for a graceful restart, which re-imports everything in a fresh process."""
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        requested = self._reload_requested
-
-        class _OnPyChange(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                paths = (str(event.src_path), str(getattr(event, "dest_path", "") or ""))
-                if event.event_type in ("modified", "created", "moved", "deleted") and \
-                        any(p.endswith(".py") for p in paths):
-                    requested.set()
-
-        observer = Observer()
-        for d in self._reload_dirs or ():
-            observer.schedule(_OnPyChange(), d, recursive=True)
-        observer.start()
-        log.info("Watching %s for changes (--reload).", ", ".join(self._reload_dirs or ()))
-        return observer
 
     def _prune_registry(self) -> None:
         """Forget workers that stopped heartbeating over an hour ago (crashed hosts)."""
@@ -239,15 +225,31 @@ class Supervisor:
                 os.kill(_pid(slot.process), signal.SIGKILL)
             if slot.process is not None:
                 slot.process.join(5)
-        if forced:
-            n = sum(self._hand_back(slot) for slot in forced)
-            log.warning("Killed processes still running at the end of the grace period; "
-                        "handed their %d unfinished message(s) back to the queue, uncharged.",
-                        n)
+        handed = [self._hand_back(slot) for slot in forced]
+        if self._second_signal:
+            log.warning("Second %s: %s", self._second_signal, self._forced_line(handed))
+        elif forced:
+            log.warning("Grace period of %gs over: %s", self.grace_s,
+                        self._forced_line(handed))
         log.info("Worker %s stopped.", self.worker_id)
         return 0
 
-    def _hand_back(self, slot: _Slot) -> int:
+    def _forced_line(self, handed: list[int | None]) -> str:
+        """What a forced stop did, in words: ``handed`` has, for each process killed,
+        how many of its messages were handed back (None: they could not be)."""
+        if not handed:
+            return "no process was still running tasks; stopped at once."
+        back = sum(n for n in handed if n is not None)
+        what = (f"killed {len(handed)} process(es) at once; {back} unfinished message(s) "
+                f"went back to their queue uncharged and will run again")
+        stuck = handed.count(None)
+        if stuck:
+            what += (f"; those of {stuck} process(es) could not be handed back (the server "
+                     f"did not answer): they stay pending and are redelivered after "
+                     f"claim_after_s ({self.app.settings.claim_after_s:g}s)")
+        return what + "."
+
+    def _hand_back(self, slot: _Slot) -> int | None:
         """Put a killed process's unfinished entries back as new ones, without a
         delivery charged: a deploy that outlasts a long task must not make it look
         like poison. If the server is unreachable they stay pending and are
@@ -265,6 +267,7 @@ class Supervisor:
         except Exception as exc:
             log.warning("Could not hand back the messages of consumer %s (they stay "
                         "pending and will be reclaimed): %s", slot.consumer, exc)
+            return None
         return n
 
     def _deregister(self) -> None:
@@ -287,6 +290,7 @@ def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: 
     from .logs import log_hooks
 
     app.close()  # never share the parent's sockets
+    set_process_queues(queues)  # get() inside a task refuses these
     for hook in log_hooks():
         app.add_hook(hook)
     if os.environ.get(metrics.ENV):
