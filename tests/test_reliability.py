@@ -364,6 +364,35 @@ def test_server_restart_without_persistence_recreates_group(tmp_path: Path, name
         srv.stop()
 
 
+def test_an_outage_during_a_long_task_is_logged_once_per_duty(tmp_path: Path, namespace: str,
+                                                              start_worker: Any) -> None:
+    """While a task runs, only the housekeeping thread talks to the server: it warned
+    on every tick of an outage (several lines a second). Now once per duty, and once
+    more when it works again."""
+    srv = ServerProcess("valkey", tmp_path / "srv", appendonly=True).start()
+    try:
+        tasks.app.configure(url=srv.url, namespace=namespace)
+        w = start_worker(srv.url, "-c", "1", *FAST)
+        res = tasks.sleep_then_count.delay("outage", 9.0)
+        wait_until(lambda: tasks.count_of("outage") == 1, message="task started")
+        tasks.app.close()
+        srv.stop()
+        time.sleep(6)  # each failed attempt takes a second or two (redis-py's retries)
+        srv.start()
+        assert res.get(timeout=30) == 1
+        out = w.output()
+        failed = [line for line in out.splitlines() if "Housekeeping (" in line
+                  and "failed, will retry" in line]
+        assert failed, out[-3000:]
+        assert len(failed) == len({line.split("Housekeeping (")[1].split(")")[0]
+                                   for line in failed}), "\n".join(failed)
+        assert "works again" in out, out[-3000:]
+        assert w.stop() == 0
+    finally:
+        tasks.app.close()
+        srv.stop()
+
+
 def _try_enqueue() -> Any:
     try:
         return tasks.add.delay(2, 3)

@@ -55,6 +55,7 @@ class Housekeeping:
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name="streamq-housekeeping")
         self._marked: str | None = None  # the entry whose task was last marked STARTED
+        self._failing: dict[str, int] = {}  # duty -> failures in a row
         self._reads_before = -1  # held.reads at the last heartbeat
 
     def start(self) -> None:
@@ -82,14 +83,22 @@ class Housekeeping:
                 next_hb = now + self.settings.heartbeat_s
 
     def _duty(self, duty: Callable[[float], None], now: float) -> bool:
+        name = duty.__name__.strip("_")
         try:
             duty(now)
-            return True
         except Exception as exc:
-            log.warning("Housekeeping (%s) failed, will retry: %s", duty.__name__.strip("_"),
-                        exc)
+            # Once per outage, not every tick: a server that is down for a minute would
+            # otherwise fill the log while a long task runs.
+            failures = self._failing[name] = self._failing.get(name, 0) + 1
+            (log.warning if failures == 1 else log.debug)(
+                "Housekeeping (%s) failed, will retry: %s", name, exc)
             self._halt.wait(0.1)
             return False
+        failures = self._failing.pop(name, 0)
+        if failures:
+            log.info("Housekeeping (%s) works again (after %d failed attempt(s)).", name,
+                     failures)
+        return True
 
     def _promote(self, _now: float) -> None:
         for q in self.queues:
