@@ -96,6 +96,7 @@ def test_piped_output_keeps_tracebacks_reasons_and_names_on_one_line(
     [queue_row] = [line for line in status.stdout.splitlines()
                    if line.split()[:1] == [QUEUE]]
     assert queue_row.split()[:4] == [QUEUE, "0", "0", "1"], status.stdout  # backlog, ...
-    [worker_row] = [line for line in status.stdout.splitlines() if f":{w.pid}:" in line]
+    [worker_row] = [line for line in status.stdout.splitlines()
+                    if f":{w.pid}:" in line and "alive" in line and "," in line]
     assert f"default,{QUEUE}" in worker_row, status.stdout
     assert w.stop() == 0

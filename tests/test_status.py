@@ -33,8 +33,12 @@ def _entry() -> list[str]:
     return [sys.executable, "-m", "streamq"]
 
 
-def _run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMQ_")}
+def _run(*args: str, timeout: float = 30, columns: int | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("STREAMQ_") and k not in ("COLUMNS", "LINES")}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     return subprocess.run([*_entry(), "status", *args], check=False, capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=timeout)
 
@@ -69,6 +73,8 @@ def _stable(doc: dict[str, Any]) -> dict[str, Any]:
         q.pop("throughput_per_min")
     for w in doc["workers"]:
         w.pop("last_heartbeat_ms")
+    for c in doc["consumers"]:
+        c.pop("idle_s")
     return doc
 
 
@@ -102,8 +108,9 @@ def test_figures_match_the_server_and_a_killed_worker_turns_dead(
         {"backlog": 3, "pending": 1, "scheduled": 3, "dead": 2, "consumers": 1}
     assert queues["other"]["backlog"] == 4 and queues["other"]["consumers"] == 0
     assert queues["ghost"] == {"queue": "ghost", "backlog": 0, "pending": 0, "scheduled": 0,
-                               "dead": 0, "consumers": 0, "oldest_pending_age_s": None,
-                               "throughput_per_min": 0.0, "stream_memory_bytes": 0}
+                               "dead": 0, "consumers": 0, "dead_consumers": 0,
+                               "oldest_pending_age_s": None, "throughput_per_min": 0,
+                               "stream_memory_bytes": 0}
     idle = rclient.xpending_range(keys.stream(ns, "default"), keys.GROUP, "-", "+", 1)
     assert abs(queues["default"]["oldest_pending_age_s"] -
                idle[0]["time_since_delivered"] / 1000) < 1.0
@@ -115,7 +122,7 @@ def test_figures_match_the_server_and_a_killed_worker_turns_dead(
                   for f in ("succeeded", "failed", "dead")) for m in (minute, minute - 1)]
     assert sum(counts) == 7
     assert queues["default"]["throughput_per_min"] == \
-        round(counts[0] + counts[1] * (1 - (t % 60) / 60), 2)
+        round(counts[0] + counts[1] * (1 - (t % 60) / 60))
 
     srv = doc["server"]
     assert srv["url"] == app.settings.url and srv["version"]
@@ -166,7 +173,8 @@ def test_worker_listing_and_throughput_window(app: StreamQ, rclient: redis.Redis
 
     doc = _status(app, now=t)
     [q] = doc["queues"]
-    assert q["throughput_per_min"] == round(12 + 8 * (1 - (t % 60) / 60), 2)
+    assert q["throughput_per_min"] == round(12 + 8 * (1 - (t % 60) / 60))
+    assert isinstance(q["throughput_per_min"], int)  # a count of tasks: no "16.0"
     workers = {w["id"]: w for w in doc["workers"]}
     assert sorted(workers) == ["hostA:123:abcd", "hostB:456:ef01", "hostF:7:beef"]
     a = workers["hostA:123:abcd"]
@@ -233,3 +241,59 @@ def test_watch_refreshes_until_ctrl_c(vapp: StreamQ) -> None:
             assert all(_by_queue(d)["default"]["backlog"] == 1 for d in docs)
         else:
             assert "queues" in stdout and "default" in stdout
+
+
+def _whole(doc: dict[str, Any]) -> None:
+    """Every count of ``doc`` is an int (JSON prints no ``3.0``)."""
+    for q in doc["queues"]:
+        for k in ("backlog", "pending", "scheduled", "dead", "consumers", "dead_consumers",
+                  "throughput_per_min", "stream_memory_bytes"):
+            assert type(q[k]) is int, (k, q[k])
+    for w in doc["workers"]:
+        for k in ("succeeded", "failed", "retried", "dead", "processes"):
+            assert type(w[k]) is int, (k, w[k])
+    for c in doc["consumers"]:
+        assert type(c["pending"]) is int
+
+
+def test_consumers_of_a_dead_worker_are_shown_as_such(app: StreamQ, start_worker: Any) -> None:
+    url, ns = app.settings.url, app.settings.namespace
+    worker = start_worker(url, "-c", "2", "-Q", "default")
+    for i in range(3):
+        assert tasks.add.delay(i, i).get(timeout=15) == 2 * i
+    tasks.sleep_then_count.delay("held", 30)
+    wait_until(lambda: tasks.count_of("held") == 1, message="the slow task to start")
+    doc = _status(app)
+    _whole(doc)
+    [w] = doc["workers"]
+    consumers = doc["consumers"]
+    assert sorted(c["name"] for c in consumers) == [f"{w['id']}-0", f"{w['id']}-1"]
+    assert all(c["worker"] == w["id"] and c["worker_alive"] is True and
+               c["queue"] == "default" for c in consumers)
+    assert sum(c["pending"] for c in consumers) == 1
+    assert _by_queue(doc)["default"]["dead_consumers"] == 0
+    text = _run("--url", url, "--namespace", ns)
+    assert text.returncode == 0, text.stderr
+    assert "dead worker" not in text.stdout and "consumers" in text.stdout
+
+    worker.kill_all()
+    wait_until(lambda: not _status(app)["workers"][0]["alive"], timeout=5,
+               message="the killed worker to show as dead")
+    doc = _status(app)
+    _whole(doc)
+    assert _by_queue(doc)["default"]["dead_consumers"] == 2
+    assert all(c["worker_alive"] is False for c in doc["consumers"])
+    out = _run("--url", url, "--namespace", ns, "--json")
+    assert [c["worker_alive"] for c in json.loads(out.stdout)["consumers"]] == [False, False]
+    text = _run("--url", url, "--namespace", ns)
+    rows = [line for line in text.stdout.splitlines() if f"{w['id']}-" in line]
+    assert len(rows) == 2 and all("dead worker" in r for r in rows), text.stdout
+    [queue_row] = [line for line in text.stdout.splitlines() if line.split()[:1] == ["default"]]
+    assert "2 (2 dead)" in queue_row, text.stdout
+
+    narrow = _run("--url", url, "--namespace", ns, columns=80)
+    assert narrow.returncode == 0, narrow.stderr
+    assert max(len(line.rstrip()) for line in narrow.stdout.splitlines()) <= 80
+    words = " ".join(narrow.stdout.split())
+    for name in (w["id"], f"{w['id']}-0", f"{w['id']}-1", "dead worker", "2 (2 dead)"):
+        assert name in words, (name, narrow.stdout)

@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -139,39 +140,100 @@ def status_renderable(status: dict[str, Any], *, now: float | None = None) -> An
                          f"  maxmemory-policy {srv['maxmemory_policy'] or 'unknown'}")
     if srv["eviction_risk"]:
         line.append("  (may evict queued tasks: set noeviction)", style="bold red")
-    queues = _table("queues", "queue", "backlog", "pending", "scheduled", "dead", "consumers",
-                    "oldest", "done/min", "memory")
+    queues = Fitted("queues", ("queue", "backlog", "pending", "scheduled", "dead", "consumers",
+                               "oldest", "done/min", "memory"))
     for q in status["queues"]:
         age = q["oldest_pending_age_s"]
+        gone = q.get("dead_consumers") or 0
+        consumers = Text(str(q["consumers"]))
+        if gone:
+            consumers.append(f" ({gone} dead)", style="bold red")
         # Names as Text, not markup: a "[" in a queue name is shown as it is.
-        queues.add_row(Text(q["queue"]), str(q["backlog"]), str(q["pending"]),
-                       str(q["scheduled"]),
-                       Text(str(q["dead"]), style="yellow" if q["dead"] else ""),
-                       str(q["consumers"]), "-" if age is None else _duration(age),
-                       f"{q['throughput_per_min']:g}", _bytes(q["stream_memory_bytes"]))
-    if not status["queues"]:
-        queues.add_row("(none)", *[""] * 8)
-    workers = _table("workers", "worker", "state", "procs", "queues", "ok", "failed", "retried",
-                     "dead", "up", "heartbeat")
+        queues.add(Text(q["queue"]), str(q["backlog"]), str(q["pending"]), str(q["scheduled"]),
+                   Text(str(q["dead"]), style="yellow" if q["dead"] else ""), consumers,
+                   "-" if age is None else _duration(age), str(round(q["throughput_per_min"])),
+                   _bytes(q["stream_memory_bytes"]))
+    workers = Fitted("workers", ("worker", "state", "procs", "queues", "ok", "failed",
+                                 "retried", "dead", "up", "heartbeat"), left=(1, 3))
     for w in status["workers"]:
         state = Text("alive", style="green") if w["alive"] else Text("dead", style="bold red")
         up = _duration((now_ms - w["started_ms"]) / 1000) if w["started_ms"] else "-"
-        workers.add_row(Text(w["id"]), state, str(w["processes"] or "-"),
-                        Text(",".join(w["queues"])), str(w["succeeded"]), str(w["failed"]),
-                        str(w["retried"]), str(w["dead"]), up,
-                        _duration((now_ms - w["last_heartbeat_ms"]) / 1000) + " ago")
-    if not status["workers"]:
-        workers.add_row("(none)", *[""] * 9)
-    return Group(line, queues, workers)
+        workers.add(Text(w["id"]), state, str(w["processes"] or "-"),
+                    Text(",".join(w["queues"]) or "-"), str(w["succeeded"]), str(w["failed"]),
+                    str(w["retried"]), str(w["dead"]), up,
+                    _duration((now_ms - w["last_heartbeat_ms"]) / 1000) + " ago")
+    parts: list[Any] = [line, queues, workers]
+    if status.get("consumers"):
+        parts.append(_consumers(status["consumers"]))
+    return Group(*parts)
 
 
-def _table(title: str, name: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    # On a narrow terminal long names fold rather than figures being cut short.
-    table.add_column(name, overflow="fold")
-    for column in columns:
-        table.add_column(column, justify="right", no_wrap=True)
+def _consumers(consumers: list[dict[str, Any]]) -> Fitted:
+    """Each consumer of each queue's group, and whether its worker is alive: the
+    consumers of a dead (or stopped) worker hold messages until they are reclaimed."""
+    table = Fitted("consumers", ("consumer", "queue", "pending", "idle", "state"),
+                   left=(1, 4))
+    for c in consumers:
+        alive = c["worker_alive"]
+        state = Text("alive", style="green") if alive else \
+            Text("dead worker", style="bold red") if alive is False else \
+            Text("not a streamq worker", style="dim")
+        table.add(Text(c["name"]), Text(c["queue"]), str(c["pending"]),
+                  _duration(c["idle_s"]), state)
     return table
+
+
+class Fitted:
+    """A titled table of named rows, drawn as a table where its natural width fits,
+    else as one block a row: the row's name, then ``label value`` pairs packed into
+    lines of the width. So a narrow terminal never cuts a name or a figure short."""
+
+    def __init__(self, title: str, columns: tuple[str, ...], left: tuple[int, ...] = ()
+                 ) -> None:
+        self.title, self.columns, self.left = title, columns, left
+        self.rows: list[tuple[Text, ...]] = []
+
+    def add(self, *cells: str | Text) -> None:
+        self.rows.append(tuple(c if isinstance(c, Text) else Text(c) for c in cells))
+
+    def table(self) -> Table:
+        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD)
+        table.add_column(self.columns[0], no_wrap=True)
+        for i, column in enumerate(self.columns[1:], 1):
+            table.add_column(column, justify="left" if i in self.left else "right",
+                             no_wrap=True)
+        for row in self.rows or [(Text("(none)"),) + (Text(""),) * (len(self.columns) - 1)]:
+            table.add_row(*row)
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = self.table()
+        if not self.rows or Measurement.get(console, options.update(width=UNWRAPPED),
+                                            table).maximum <= options.max_width:
+            yield table
+            return
+        yield Text(self.title, style="italic")
+        for row in self.rows:
+            name = row[0].copy()
+            name.stylize("bold")
+            yield Text("  ").append_text(name)  # a long name wraps
+            line, width = Text("    "), 4
+            for label, value in zip(self.columns[1:], row[1:], strict=True):
+                pair = Text.assemble((label, "dim"), " ", value)
+                if width > 4 and width + 3 + pair.cell_len > options.max_width:
+                    yield line
+                    line, width = Text("    "), 4
+                if width > 4:
+                    line.append("   ")
+                    width += 3
+                line.append_text(pair)
+                width += pair.cell_len
+            yield line
+        yield Text("")
+
+
+UNWRAPPED = 100_000
+"""The width a table is measured in for its natural width."""
 
 
 def _duration(seconds: float) -> str:

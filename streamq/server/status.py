@@ -10,9 +10,19 @@ Shape::
     {"server": {"url", "name", "version", "used_memory", "used_memory_human",
                 "maxmemory_policy", "eviction_risk"},
      "queues": [{"queue", "backlog", "pending", "scheduled", "dead", "consumers",
-                 "oldest_pending_age_s", "throughput_per_min", "stream_memory_bytes"}],
+                 "dead_consumers", "oldest_pending_age_s", "throughput_per_min",
+                 "stream_memory_bytes"}],
      "workers": [{"id", "host", "pid", "processes", "queues", "succeeded", "failed",
-                  "retried", "dead", "started_ms", "last_heartbeat_ms", "alive"}]}
+                  "retried", "dead", "started_ms", "last_heartbeat_ms", "alive"}],
+     "consumers": [{"queue", "name", "worker", "worker_alive", "pending", "idle_s"}]}
+
+Counts are whole numbers; ``throughput_per_min`` too (tasks finished in the last 60
+s, the previous minute's share estimated). A consumer's ``worker`` is the worker id
+its name carries (``ids.worker_of``); ``worker_alive`` is that worker's ``alive``
+here, False when the worker is no longer listed (it stopped, or died over an hour
+ago), and None for a name that is not a streamq worker's. ``dead_consumers`` counts
+a queue's consumers whose worker is not alive: their pending messages wait to be
+reclaimed, and recovery removes them from the group.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from typing import Any
 
 from ..base import keys
 from ..base.errors import BrokerConnectionError, BrokerError
-from ..base.ids import parse_worker_id
+from ..base.ids import parse_worker_id, worker_of
 from ..base.settings import Settings
 from .broker import as_str
 from .connection import Connection
@@ -66,12 +76,14 @@ def collect_status(connection: Connection, settings: Settings, *, now: float | N
 
     per = _QUEUE_REPLIES
     first_worker = len(queues) * per
-    queue_docs = [_queue_doc(q, replies[i * per:(i + 1) * per], now)
-                  for i, q in enumerate(queues)]
     hb_default = settings.heartbeat_s
     worker_docs = [_worker_doc(wid, score, replies[first_worker + i], hb_default, now)
                    for i, (wid, score) in enumerate(workers)]
     worker_docs.sort(key=lambda w: w["id"])
+    alive = {w["id"]: bool(w["alive"]) for w in worker_docs}
+    consumer_docs: list[dict[str, Any]] = []
+    queue_docs = [_queue_doc(q, replies[i * per:(i + 1) * per], now, alive, consumer_docs)
+                  for i, q in enumerate(queues)]
     return {
         "server": {
             "url": connection.masked_url,
@@ -86,6 +98,7 @@ def collect_status(connection: Connection, settings: Settings, *, now: float | N
         },
         "queues": queue_docs,
         "workers": worker_docs,
+        "consumers": consumer_docs,
     }
 
 
@@ -107,9 +120,15 @@ def _queue_commands(pipe: Any, ns: str, queue: str, now: float) -> None:
     pipe.hmget(keys.stats(ns, queue, minute - 1), *FINISHED)
 
 
-def _queue_doc(queue: str, r: list[Any], now: float) -> dict[str, Any]:
+def _queue_doc(queue: str, r: list[Any], now: float, alive: dict[str, bool],
+               consumer_docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The doc of one queue; its consumers are appended to ``consumer_docs``."""
     xlen, summary, oldest, delayed, dead, consumers, memory, cur, prev = \
         (_ok(x) for x in r)
+    mine = [_consumer_doc(queue, c, alive) for c in consumers or ()
+            if isinstance(c, dict)]
+    mine.sort(key=lambda c: c["name"])
+    consumer_docs += mine
     pending = int(summary["pending"]) if isinstance(summary, dict) else 0
     age = None
     if oldest:
@@ -126,11 +145,24 @@ def _queue_doc(queue: str, r: list[Any], now: float) -> dict[str, Any]:
         "pending": pending,
         "scheduled": int(delayed or 0),
         "dead": int(dead or 0),
-        "consumers": len(consumers) if isinstance(consumers, list) else 0,
+        "consumers": len(mine),
+        "dead_consumers": sum(1 for c in mine if c["worker_alive"] is False),
         "oldest_pending_age_s": age,
-        "throughput_per_min": round(throughput, 2),
+        "throughput_per_min": round(throughput),
         "stream_memory_bytes": int(memory or 0),
     }
+
+
+def _consumer_doc(queue: str, info: dict[Any, Any], alive: dict[str, bool]
+                  ) -> dict[str, Any]:
+    c = {as_str(k): v for k, v in info.items()}
+    name = as_str(c.get("name", b""))
+    worker = worker_of(name)
+    known = parse_worker_id(worker) is not None and worker != name
+    return {"queue": queue, "name": name, "worker": worker if known else None,
+            "worker_alive": alive.get(worker, False) if known else None,
+            "pending": _int(c.get("pending")) or 0,
+            "idle_s": round((_int(c.get("idle")) or 0) / 1000, 1)}
 
 
 def _worker_doc(worker_id: str, score: int, raw: Any, hb_default: float, now: float
