@@ -150,6 +150,11 @@ def test_result_reads_in_order_with_dates_arguments_and_the_earlier_error(
         ("SCHEDULED", "[]", "{'value': {'to': 'someone'}}", "0"), scheduled.stdout
     assert re.fullmatch(DATE, got["due"]) and "(in 59 min" in got["due"], got["due"]
 
+    waiting = tasks.add.delay(5, 6)  # no worker now: its message waits in the stream
+    got = dict(_rows(_cli("result", waiting.id, *common).stdout))
+    assert (got["status"], got["args"], got["kwargs"], got["attempts"]) == \
+        ("PENDING", "[5, 6]", "{}", "0")
+
     # --json: every stored field under its own name, raw numbers, and the arguments.
     doc = json.loads(_cli("result", failed.id, *common, "--json").stdout)
     stored = vapp.AsyncResult(failed.id).info
