@@ -227,21 +227,22 @@ class Supervisor:
                 slot.process.join(5)
         handed = [self._hand_back(slot) for slot in forced]
         if self._second_signal:
-            log.warning("Second %s: %s", self._second_signal, self._forced_line(handed))
+            log.warning("Second %s: %s", self._second_signal,
+                        self._forced_line(handed, " at once"))
         elif forced:
             log.warning("Grace period of %gs over: %s", self.grace_s,
-                        self._forced_line(handed))
+                        self._forced_line(handed, " still running"))
         log.info("Worker %s stopped.", self.worker_id)
         return 0
 
-    def _forced_line(self, handed: list[int | None]) -> str:
+    def _forced_line(self, handed: list[int | None], how: str) -> str:
         """What a forced stop did, in words: ``handed`` has, for each process killed,
         how many of its messages were handed back (None: they could not be)."""
         if not handed:
-            return "no process was still running tasks; stopped at once."
+            return "no process was still running a task; stopped at once."
         back = sum(n for n in handed if n is not None)
-        what = (f"killed {len(handed)} process(es) at once; {back} unfinished message(s) "
-                f"went back to their queue uncharged and will run again")
+        what = (f"killed {len(handed)} process(es){how} and handed their {back} "
+                f"unfinished message(s) back to the queue, uncharged: they will run again")
         stuck = handed.count(None)
         if stuck:
             what += (f"; those of {stuck} process(es) could not be handed back (the server "
