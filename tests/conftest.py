@@ -115,6 +115,19 @@ def vapp(valkey: ServerProcess, namespace: str) -> Iterator[Any]:
 
 
 @pytest.fixture
+def dapp(valkey: ServerProcess, namespace: str) -> Iterator[Any]:
+    """tests.diagnose_tasks.app on the Valkey server under a fresh namespace."""
+    from tests import diagnose_tasks
+
+    diagnose_tasks.app.configure(url=valkey.url, namespace=namespace, heartbeat_s=0.5,
+                                 block_ms=200)
+    try:
+        yield diagnose_tasks.app
+    finally:
+        diagnose_tasks.app.close()
+
+
+@pytest.fixture
 def rclient(app: Any) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(app.settings.url)
     yield client

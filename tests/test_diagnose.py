@@ -12,7 +12,6 @@ import json
 import pickle
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,6 @@ from tests.conftest import wait_until
 from tests.servers import ServerProcess
 
 MODULE = "tests.diagnose_tasks"
-
-
-@pytest.fixture
-def dapp(valkey: ServerProcess, namespace: str) -> Iterator[StreamQ]:
-    """tests.diagnose_tasks.app on the Valkey server under a fresh namespace."""
-    dt.app.configure(url=valkey.url, namespace=namespace, heartbeat_s=0.5, block_ms=200)
-    try:
-        yield dt.app
-    finally:
-        dt.app.close()
 
 
 # -- 1. a timed-out get() says who reads the queue ---------------------------------------------

@@ -16,7 +16,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +35,6 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return subprocess.run([sys.executable, "-m", "streamq", *args], check=False, cwd=ROOT,
                           capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, **(env or {})))
-
-
-@pytest.fixture
-def dapp(valkey: ServerProcess, namespace: str) -> Iterator[StreamQ]:
-    dt.app.configure(url=valkey.url, namespace=namespace, heartbeat_s=0.5, block_ms=200)
-    try:
-        yield dt.app
-    finally:
-        dt.app.close()
 
 
 # -- 5. enqueue ------------------------------------------------------------------------------

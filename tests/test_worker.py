@@ -159,3 +159,16 @@ def test_a_first_start_on_new_queues_warns_nothing(vapp: StreamQ, start_worker: 
     before_stop = w.output()
     assert w.stop() == 0
     assert " WARNING " not in before_stop, before_stop
+
+
+def test_a_clean_stop_leaves_no_consumers_behind(vapp: StreamQ, start_worker: Any) -> None:
+    """Every restart used to leave its processes' consumers in the group, which status
+    then listed as a dead worker's ("6 (4 dead)") until recovery removed them."""
+    client = vapp.server.connection.client
+    stream = keys.stream(vapp.settings.namespace, "default")
+    w = start_worker(vapp.settings.url, "-c", "2", "--log-level", "WARNING")
+    assert [r.get(timeout=10) for r in tasks.add.map([(i, i) for i in range(20)])] \
+        == [2 * i for i in range(20)]
+    assert len(client.xinfo_consumers(stream, keys.GROUP)) >= 1
+    assert w.stop() == 0
+    assert client.xinfo_consumers(stream, keys.GROUP) == []

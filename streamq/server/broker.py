@@ -154,6 +154,28 @@ class Broker:
         for q in queues:
             self.ensure_group(q, force=True)
 
+    def forget_consumers(self, queues: Iterable[str], names: set[str]) -> int:
+        """Delete the consumers ``names`` that hold nothing pending, from each queue's
+        group: those of a worker that stopped cleanly, which nobody reads as again.
+        One that still holds entries is kept, for recovery to find. Returns how many
+        were deleted."""
+        client = self.connection.client
+        deleted = 0
+        for q in queues:
+            stream = keys.stream(self.ns, q)
+            try:
+                consumers = client.xinfo_consumers(stream, keys.GROUP)
+            except BrokerError as exc:
+                if exc.code == "NOGROUP":
+                    continue
+                raise
+            for c in consumers:
+                name = as_str(c["name"])
+                if name in names and int(c.get("pending", 0)) == 0:
+                    client.xgroup_delconsumer(stream, keys.GROUP, name)
+                    deleted += 1
+        return deleted
+
     def queues(self) -> list[str]:
         return sorted(as_str(q) for q in self.connection.client.smembers(keys.queues(self.ns)))
 

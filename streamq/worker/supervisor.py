@@ -272,8 +272,13 @@ class Supervisor:
         return n
 
     def _deregister(self) -> None:
+        """Leave the registry, and the groups: a consumer name of this worker is never
+        read as again, so status would list it as a dead worker's until recovery
+        removed it. Consumers that still hold entries stay, for recovery."""
         try:
             self.app.server.registry.deregister(self.worker_id)
+            self.app.server.broker.forget_consumers(
+                self.queues, {slot.consumer for slot in self._slots})
         except Exception as exc:  # the server may be gone; the entry expires anyway
             log.debug("Could not deregister worker %s: %s", self.worker_id, exc)
 
