@@ -77,6 +77,9 @@ def test_json_logs_carry_iso_times_and_task_fields(vapp: StreamQ, start_worker: 
     assert (failure["level"], failure["task"], failure["queue"], failure["attempt"],
             failure["error"]) == ("WARNING", "tests.tasks.fail", "default", 1,
                                   "ValueError: kaput")
+    # A failure says how long the task ran before it raised, a retry too.
+    assert isinstance(failure["runtime_s"], float) and 0 <= failure["runtime_s"] < 5
+    assert isinstance(retried["runtime_s"], float) and 0 <= retried["runtime_s"] < 5
 
 
 def test_plain_logs_keep_their_format(vapp: StreamQ, start_worker: Any) -> None:

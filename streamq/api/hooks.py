@@ -41,7 +41,8 @@ class TaskEvent(NamedTuple):
     """1 for the first run, 2 for the first retry, ..."""
     deliveries: int = 0
     runtime_s: float | None = None
-    """For ``succeeded``: how long the task ran."""
+    """How long the task's function ran: for ``succeeded``, and for ``retried``,
+    ``failed`` and ``dead`` when it ran (None for a message refused before running)."""
     error: str | None = None
     """For ``retried`` and ``failed``: ``Type: message``; for ``dead``: the reason."""
     countdown_s: float | None = None

@@ -199,6 +199,7 @@ class Consumer:
             held.running = Running(d, msg.id, held.current_since)
         if self.limits is not None:
             self.limits.begin(call.task.options.timeout)
+        t0 = time.perf_counter()
         try:
             outcome = self.executor.run(call)
         finally:
@@ -208,10 +209,10 @@ class Consumer:
                 self.limits.finish()
             with held.lock:
                 held.running = None
-        self._emit(outcome, call)
+        self._emit(outcome, call, time.perf_counter() - t0)
         return outcome
 
-    def _emit(self, o: Outcome, call: Call | None) -> None:
+    def _emit(self, o: Outcome, call: Call | None, ran_s: float | None = None) -> None:
         event = COUNTED.get(type(o))
         if event is None or not self.hooks.wants(event):
             return
@@ -222,12 +223,14 @@ class Consumer:
         if isinstance(o, Succeeded):
             data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, o.runtime_s)
         elif isinstance(o, Retried):
-            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, error=o.error,
-                             countdown_s=o.countdown_s)
+            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, ran_s,
+                             error=o.error, countdown_s=o.countdown_s)
         elif isinstance(o, Failed):
-            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, error=o.error)
+            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, ran_s,
+                             error=o.error)
         elif isinstance(o, Dead):
-            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, error=o.reason)
+            data = TaskEvent(task_id, o.task, queue, attempt, d.deliveries, ran_s,
+                             error=o.reason)
         else:
             return
         self.hooks.emit(event, data)
