@@ -76,3 +76,22 @@ def test_bench_with_unreachable_server_is_one_error_line() -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("streamq: error: cannot reach"), proc.stderr
     assert proc.stdout == ""
+
+
+def test_bench_stops_the_embedded_server_it_started(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    (project / ".git").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMQ_")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "streamq", "bench", "-n", "200", "-c", "1",
+                           "--json"], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["rows"]
+    assert f"stopped the embedded server that the bench started for {project.resolve()}" \
+        in proc.stderr, proc.stderr
+    listed = subprocess.run([sys.executable, "-m", "streamq", "server", "--list", "--json"],
+                            cwd=project, env=env, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
+
+from .common import leave_embedded
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -81,6 +84,12 @@ def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, as_json
         else:
             err.print(f"bench: {message}", style="dim", soft_wrap=True)
 
+    embedded = None
+    if url is None and not os.environ.get("STREAMQ_URL"):  # the project's embedded server
+        from ..server.embedded import resolve_embedded
+
+        embedded = resolve_embedded()  # starts it unless it runs
+        url = embedded.url
     if status is not None:
         status.start()
     try:
@@ -88,6 +97,8 @@ def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, as_json
     finally:
         if status is not None:
             status.stop()
+        if embedded is not None:
+            leave_embedded(embedded, err, "the bench")
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

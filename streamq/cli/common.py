@@ -15,7 +15,7 @@ import logging.config
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -24,6 +24,9 @@ from ..api.app import StreamQ, find_app
 from ..base.errors import ConfigurationError
 from ..worker.logs import TASK_FIELDS
 from .importing import import_failed
+
+if TYPE_CHECKING:
+    from ..server.embedded import Resolved
 
 UNWRAPPED_WIDTH = 1_000_000
 """The console width off a terminal: a file or a pipe gets every line whole (a
@@ -137,3 +140,19 @@ def url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                         help="redis://, rediss:// or unix:// URL (default: $STREAMQ_URL, "
                              "else the embedded server of the project: the nearest directory "
                              "up from here with .streamq/, pyproject.toml or .git).")(fn)
+
+
+def leave_embedded(embedded: Resolved, console: Console, who: str) -> None:
+    """Stop the embedded server if ``who`` (the demo, the bench) started it; else say
+    that it keeps running: servers a command started must not pile up."""
+    from ..server.embedded import stop_embedded
+
+    if embedded.started:
+        stop_embedded(embedded.project)
+        console.print(f"stopped the embedded server that {who} started for "
+                      f"{embedded.project} (its data stays in .streamq/)", markup=False,
+                      soft_wrap=True)
+    else:
+        console.print(f"the embedded server of {embedded.project} was already running and "
+                      "keeps running (stop it with: streamq server --stop)", markup=False,
+                      soft_wrap=True)

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.console import Console
@@ -19,10 +19,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..base.errors import ConfigurationError, StreamQError
-from .common import load_app
-
-if TYPE_CHECKING:
-    from ..server.embedded import Resolved
+from .common import leave_embedded, load_app
 
 
 @click.command()
@@ -93,21 +90,6 @@ def demo(count: int) -> None:
             worker.kill()
         app.close()
         if embedded is not None:
-            _leave(embedded, console)
+            leave_embedded(embedded, console, "the demo")
     if failed:
         sys.exit(1)
-
-
-def _leave(embedded: Resolved, console: Console) -> None:
-    """Stop the embedded server if the demo started it; else say that it keeps running."""
-    from ..server.embedded import stop_embedded
-
-    if embedded.started:
-        stop_embedded(embedded.project)
-        console.print(f"stopped the embedded server that the demo started for "
-                      f"{embedded.project} (its data stays in .streamq/)", markup=False,
-                      soft_wrap=True)
-    else:
-        console.print(f"the embedded server of {embedded.project} was already running and "
-                      "keeps running (stop it with: streamq server --stop)", markup=False,
-                      soft_wrap=True)
