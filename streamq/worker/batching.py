@@ -6,10 +6,12 @@ long the process's tasks take: at most ``WINDOW_S`` of work at once, and never m
 ``--prefetch``. Slow tasks (an HTTP call) are read one at a time and spread over every
 free process; tasks of a few microseconds are read ``--prefetch`` at a time.
 
-The estimate follows a slower task at once and a faster one gradually, so one slow task
-among fast ones shrinks the batch straight away (nothing waits behind it), and a burst
-of fast tasks earns its batch back within a few dozen tasks. Before the first task has
-run nothing is known, so the first read asks for one entry.
+The estimate is the average run time of the last batch's tasks: a whole batch, so
+that one task the scheduler preempted among a hundred fast ones does not shrink the
+next read. It follows a slower batch at once and a faster one gradually, so slow tasks
+read one at a time stay one at a time even when a quick one comes between them, and
+fast tasks earn their batch back within a few batches. Before the first batch has run
+nothing is known, so the first read asks for one entry.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ WINDOW_S = 0.05
 """The most work, in seconds of run time, one read takes from the queue."""
 
 _DECAY = 0.7
-"""Weight of the estimate when a task is faster than it (per task)."""
+"""Weight of the estimate when a batch is faster than it."""
 
 
 class BatchSize:
@@ -31,7 +33,8 @@ class BatchSize:
         """The run time of one task as this process has seen it (None: none run yet)."""
 
     def observe(self, seconds: float) -> None:
-        """One task took ``seconds`` from being taken to its outcome being held."""
+        """The last batch's tasks took ``seconds`` each, on average, from being taken to
+        their outcomes being held."""
         est = self.per_task_s
         if est is None or seconds >= est:
             self.per_task_s = seconds

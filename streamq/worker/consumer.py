@@ -158,11 +158,11 @@ class Consumer:
         if not held.buffer:
             held.add(self._flush_and_read())
         done = 0
+        began = time.monotonic()
         while not self.stopping:
             d = held.next()
             if d is None:
                 break
-            taken = time.monotonic()
             if d.deliveries > 1 and held.outcomes:
                 # A redelivered entry may be the one that killed this process's
                 # predecessor: write what is done first, so that it is not run again.
@@ -181,9 +181,10 @@ class Consumer:
                 if self.limits is not None:
                     self.limits.finish()
             done += 1
-            self.batch.observe(time.monotonic() - taken)
             if held.decided(outcome) >= _FLUSH_SIZE:
                 self.flush()
+        if done:
+            self.batch.observe((time.monotonic() - began) / done)
         # Outcomes still held here ride with the next read (_flush_and_read): one round
         # trip per batch; a long task's are flushed by the housekeeping thread.
         self.processed += done
