@@ -16,6 +16,7 @@ from .bench import bench
 from .dead import dead
 from .demo import demo
 from .enqueue import enqueue
+from .probe import probe
 from .results import result
 from .server import server
 from .status import status
@@ -34,7 +35,7 @@ def cli() -> None:
     """
 
 
-for _command in (worker, server, status, result, enqueue, dead, demo, bench):
+for _command in (worker, server, status, result, enqueue, dead, demo, bench, probe):
     cli.add_command(_command)
 
 
