@@ -244,3 +244,16 @@ def overlap(key: str, seconds: float) -> int:
     finally:
         client.decr(f"{tag}:running")
     return os.getpid()
+
+
+_HOARD: list[bytearray] = []
+
+
+@app.task
+def pid_count(key: str, grow_mb: int = 0) -> int:
+    """Counts, keeps ``grow_mb`` MB more of memory for the rest of its process's life
+    (a leak), and returns its process's pid (recycling tests)."""
+    _incr(key)
+    if grow_mb:
+        _HOARD.append(bytearray(grow_mb * 1024 * 1024))
+    return os.getpid()

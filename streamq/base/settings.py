@@ -86,6 +86,11 @@ class Settings:
     connect_timeout_s: float = 5.0
     grace_s: float = 30.0
     """On SIGTERM, how long in-flight tasks may run before processes are killed."""
+    max_tasks_per_child: int = 0
+    """A worker process that handled this many messages is replaced (0: never)."""
+    max_memory_per_child: int = 0
+    """A worker process whose resident memory grew above this many MB (MiB) is
+    replaced after its current task (0: never). Celery's is in KiB."""
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -104,6 +109,10 @@ class Settings:
                 f"claim_after_s ({self.claim_after_s:g}) must be at least three heartbeats "
                 f"(heartbeat_s={self.heartbeat_s:g}): an idle entry is only reclaimed once "
                 f"its worker has missed three")
+        if self.max_tasks_per_child < 0 or self.max_memory_per_child < 0:
+            raise ConfigurationError(
+                f"max_tasks_per_child and max_memory_per_child must be 0 (no limit) or "
+                f"more, got {self.max_tasks_per_child} and {self.max_memory_per_child}")
         if self.result_ttl <= 0:
             raise ConfigurationError(f"result_ttl must be positive seconds, got {self.result_ttl}")
 
@@ -147,7 +156,8 @@ class Settings:
 
 _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "url": str, "namespace": str, "claim_after_s": float, "grace_s": float,
-    "heartbeat_s": float, "prefetch": int,
+    "heartbeat_s": float, "prefetch": int, "max_tasks_per_child": int,
+    "max_memory_per_child": int,
 }
 """Settings that ``STREAMQ_<NAME>`` sets (``STREAMQ_URL``, ``STREAMQ_NAMESPACE``, ...)."""
 

@@ -35,6 +35,11 @@ log = logging.getLogger("streamq.cli")
               help="Seconds before a dead host's pending messages are reclaimed (default 60).")
 @click.option("--heartbeat", type=click.FloatRange(0.05), default=None,
               help="Seconds between heartbeats (default 5).")
+@click.option("--max-tasks-per-child", type=click.IntRange(0), default=None, metavar="N",
+              help="Replace a process after it handled N messages (default: never).")
+@click.option("--max-memory-per-child", type=click.IntRange(0), default=None, metavar="MB",
+              help="Replace a process once its RSS exceeds MB megabytes, after its task "
+                   "(default: never).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port.")
 @click.option("--reload", is_flag=True,
@@ -47,8 +52,9 @@ log = logging.getLogger("streamq.cli")
               type=click.Choice(["plain", "json"]))
 def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, queues: str | None,
            concurrency: int | None, prefetch: int | None, grace: float | None,
-           claim_after: float | None, heartbeat: float | None, metrics_port: int | None,
-           reload: bool, log_level: str, log_format: str) -> None:
+           claim_after: float | None, heartbeat: float | None,
+           max_tasks_per_child: int | None, max_memory_per_child: int | None,
+           metrics_port: int | None, reload: bool, log_level: str, log_format: str) -> None:
     """Run worker processes for the tasks in MODULES (MODULE or MODULE:APP).
 
     \b
@@ -74,7 +80,9 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
     # in one configure: the processes inherit settings that no longer move.
     resolved = url or app.server.url
     app.configure(url=resolved, namespace=namespace, claim_after_s=claim_after,
-                  heartbeat_s=heartbeat, grace_s=grace)
+                  heartbeat_s=heartbeat, grace_s=grace,
+                  max_tasks_per_child=max_tasks_per_child,
+                  max_memory_per_child=max_memory_per_child)
     qs = [q.strip() for q in queues.split(",") if q.strip()] if queues else \
         sorted({t.options.queue for t in app.registry.values()} | {app.settings.default_queue})
     n = concurrency or os.cpu_count() or 1

@@ -28,6 +28,7 @@ from .batching import BatchSize
 from .executor import Call, Executor
 from .held import Held, Running
 from .housekeeping import Housekeeping
+from .recycling import Recycling
 
 if TYPE_CHECKING:
     from ..api.app import StreamQ
@@ -50,7 +51,8 @@ class Consumer:
                  timed_out: tuple[str, str, float] | None = None,
                  charge: tuple[str, str] | None = None,
                  worker_info: dict[str, Any] | None = None,
-                 guard: Callable[[float], None] | None = None) -> None:
+                 guard: Callable[[float], None] | None = None,
+                 recycling: Recycling | None = None) -> None:
         self.app = app
         self.settings = settings = app.settings
         link = app.server
@@ -83,6 +85,10 @@ class Consumer:
         self.reading = list(self.queues)
         """The queues read: those whose consumer group exists."""
         self.processed = 0
+        self.recycling = recycling or Recycling()
+        self.recycled: str | None = None
+        """Why this process is being replaced (``recycling.py``): it reads no more."""
+        self.handed_back = 0
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, *, housekeeping: bool = True) -> None:
@@ -148,6 +154,9 @@ class Consumer:
     # -- the loop --------------------------------------------------------------------
     def run_once(self, now: float | None = None) -> int:
         """One iteration: fetch if nothing is buffered, then run what is buffered."""
+        if self.recycled is not None:
+            self._retire()
+            return 0
         now = time.monotonic() if now is None else now
         held = self.held
         if not held.buffer and now >= self._next_reclaim:
@@ -158,6 +167,7 @@ class Consumer:
         if not held.buffer:
             held.add(self._flush_and_read())
         done = 0
+        check = self.recycling.until_check(self.processed)
         began = time.monotonic()
         while not self.stopping:
             d = held.next()
@@ -183,6 +193,11 @@ class Consumer:
             done += 1
             if held.decided(outcome) >= _FLUSH_SIZE:
                 self.flush()
+            if done >= check:  # the only cost of recycling per task: one compare
+                self.recycled = self.recycling.due(self.processed + done)
+                if self.recycled is not None:
+                    break
+                check = done + self.recycling.until_check(self.processed + done)
         if done:
             self.batch.observe((time.monotonic() - began) / done)
         # Outcomes still held here ride with the next read (_flush_and_read): one round
@@ -250,11 +265,21 @@ class Consumer:
                     self.link.transport.run(pipe)
                 time.sleep(self.block_ms / 1000)
                 return []
-            return self.broker.read(self.name, self.reading, self.batch.count(),
-                                    self.block_ms, pipe=pipe)
+            count = self.recycling.read_cap(self.processed, self.batch.count())
+            return self.broker.read(self.name, self.reading, count, self.block_ms,
+                                    pipe=pipe)
         except Exception:
             self.held.restore_outcomes(outcomes)
             raise
+
+    def _retire(self) -> None:
+        """A recycled process: hand back what it read and did not start (uncharged, as
+        at shutdown), write every outcome it holds, then stop. A failed write raises
+        into ``run``, which rides out the outage and retires again."""
+        back: list[Outcome] = [Released(d) for d in self.held.take_buffer()]
+        self.flush(back)
+        self.handed_back += len(back)
+        self.stopping = True
 
     def flush(self, extra: list[Outcome] | None = None) -> None:
         """Write held outcomes (and ``extra``) now, in one round trip."""

@@ -30,6 +30,7 @@ from ..server.writer import OutcomeWriter
 from . import metrics, reloading
 from .leases import Leases
 from .limits import LimitSlot
+from .recycling import RECYCLED_EXIT, Recycling, recycled, startup_warning
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -82,6 +83,10 @@ class Supervisor:
         self._reload_dirs = reload_dirs
         self._second_signal = ""
         self.restarts = 0
+        """Processes replaced after a crash or a time limit (not recycled ones)."""
+        self.recycles = 0
+        settings = app.settings
+        self.recycling = Recycling(settings.max_tasks_per_child, settings.max_memory_per_child)
         self.started_ms = now_ms()
 
     def _new_slot(self, i: int) -> _Slot:
@@ -119,6 +124,9 @@ class Supervisor:
                         [slot.consumer for slot in self._slots], self.queues,
                         self.app.settings.heartbeat_s)
         leases.start()
+        warning = startup_warning(self.recycling)
+        if warning:
+            log.warning(warning)
         for slot in self._slots:
             self._spawn(slot)
         try:
@@ -164,6 +172,16 @@ class Supervisor:
         slot.process = None
         if os.environ.get(metrics.ENV):
             metrics.mark_process_dead(_pid(proc))
+        if slot.timed_out is None and recycled(code, slot.limits.entry()):
+            # It wrote its outcomes and handed back the rest, and logged why: its
+            # successor starts at once, nothing charged, no backoff, no restart counted.
+            self.recycles += 1
+            slot.crashes = 0
+            slot.charge = None
+            slot.respawn_at = now
+            log.debug("Process %d (consumer %s) recycled; starting its successor.",
+                      proc.pid, slot.consumer)
+            return
         if slot.timed_out is None:
             working = slot.limits.entry()
             slot.charge = working[:2] if working else None
@@ -196,7 +214,7 @@ class Supervisor:
         proc = self._ctx.Process(
             target=_child_main, name=f"streamq-worker-{slot.index}",
             args=(self.app, self.queues, slot.consumer, self.worker_id, self.prefetch,
-                  slot.limits, timed_out, charge, self.worker_info),
+                  slot.limits, timed_out, charge, self.worker_info, self.recycling),
             daemon=False,
         )
         # Signals are blocked across the fork so one arriving before the child has
@@ -291,7 +309,7 @@ def worker_pid(worker_id: str) -> int:
 def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: str,
                 prefetch: int | None, limits: LimitSlot,
                 timed_out: tuple[str, str, float] | None, charge: tuple[str, str] | None,
-                worker_info: dict[str, Any]) -> None:
+                worker_info: dict[str, Any], recycling: Recycling) -> None:
     from .consumer import Consumer
     from .logs import log_hooks
 
@@ -322,7 +340,7 @@ def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: 
     # Signals are still blocked (see _spawn): build, install handlers, then unblock.
     consumer = Consumer(app, queues, consumer_name, worker_id=worker_id, prefetch=prefetch,
                         limits=limits, timed_out=timed_out, charge=charge,
-                        worker_info=worker_info, guard=guard)
+                        worker_info=worker_info, guard=guard, recycling=recycling)
 
     def stop(_signum: int, _frame: Any) -> None:
         consumer.stopping = True
@@ -336,4 +354,10 @@ def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: 
     except Exception:
         log.exception("Worker process %d stopped on an unexpected error.", os.getpid())
         os._exit(1)
+    if consumer.recycled is not None:
+        back = consumer.handed_back
+        log.info("Process %s (pid %d) recycled %s%s; its successor takes over.",
+                 mp.current_process().name, os.getpid(), consumer.recycled,
+                 f", handing back {back} unstarted message(s)" if back else "")
+        os._exit(RECYCLED_EXIT)
     os._exit(0)
