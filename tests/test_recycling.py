@@ -3,6 +3,7 @@ replaced gracefully, and nothing it held is lost, run twice or charged a deliver
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from streamq import StreamQ
 from streamq.base.errors import ConfigurationError
 from streamq.base.settings import Settings
-from streamq.worker.recycling import Recycling, Rss, vm_rss_kb
+from streamq.worker.recycling import Recycling, Rss, startup_warning, vm_rss_kb
 from tests import tasks
 from tests.conftest import wait_until
 
@@ -65,7 +66,7 @@ def test_prefetched_entries_of_a_recycled_process_go_back_uncharged(
     the rest of the batch runs once, in its successor, with no delivery charged."""
     warm = tasks.pid_count.delay("p")
     grew = tasks.pid_count.delay("p", 160)
-    rest = tasks.pid_count.map(["p"] * 20)
+    rest = tasks.pid_count.map(["p"] * 10)
     # Started after the enqueue: the first read takes one entry (the warm one), the
     # second the rest in one batch, behind the task that grows.
     w = start_worker(vapp.settings.url, "-c", "1", "--max-memory-per-child", "150", *FAST)
@@ -73,18 +74,27 @@ def test_prefetched_entries_of_a_recycled_process_go_back_uncharged(
     assert grew.get(timeout=20) == old
     pids = {r.get(timeout=20) for r in rest}
     assert old not in pids and len(pids) == 1
-    assert tasks.count_of("p") == 22  # nothing lost, nothing run twice
+    assert tasks.count_of("p") == 12  # nothing lost, nothing run twice
     assert all(r.info["deliveries"] == 1 for r in [warm, grew, *rest])
     out = w.output()
     assert "Handed back" not in out  # not by the stuck-task path, but by the recycle
     assert out.count("recycled with RSS") == 1, out
-    assert "(after 2 tasks), handing back 20 unstarted message(s); its successor" in out
+    # The second read took the rest too (unless the warm task ran for over 5 ms).
+    back = re.search(r"\(after 2 tasks\), handing back (\d+) unstarted message\(s\); its "
+                     r"successor takes over\.", out)
+    assert back and 1 <= int(back.group(1)) <= 10, out
     _no_crash(out)
     assert w.stop() == 0
 
 
-def test_rss_is_vm_rss() -> None:
-    assert abs((Rss().kb() or 0) - (vm_rss_kb() or 0)) < 2048
+def test_rss_is_vm_rss_read_afresh_each_time() -> None:
+    rss = Rss()
+    before = rss.kb() or 0
+    assert abs(before - (vm_rss_kb() or 0)) < 2048
+    grown = bytearray(64 * 1024 * 1024)
+    assert (rss.kb() or 0) - before > 60 * 1024  # the open file is read again, not cached
+    assert abs((rss.kb() or 0) - (vm_rss_kb() or 0)) < 2048
+    del grown
 
 
 def test_checks_cost_nothing_without_limits() -> None:
@@ -94,6 +104,13 @@ def test_checks_cost_nothing_without_limits() -> None:
     assert r.until_check(3) == 7 and r.read_cap(3, 100) == 7 and r.due(9) is None
     assert r.due(10) == "after 10 tasks (--max-tasks-per-child 10)"
     assert Recycling(max_memory_mb=10**6).until_check(0) == 1
+
+
+def test_a_memory_limit_below_a_fresh_process_is_said_at_start() -> None:
+    warning = startup_warning(Recycling(max_memory_mb=1))
+    assert warning and "every process will be replaced after each task" in warning
+    assert startup_warning(Recycling(max_memory_mb=10**6)) is None
+    assert startup_warning(Recycling(max_tasks=5)) is None
 
 
 def test_limits_from_the_environment() -> None:
