@@ -92,10 +92,11 @@ def _entry(project: Path, pid: int) -> Path:
     return _servers_dir() / f"{digest}-{pid}.json"
 
 
-def record_server(project: Path, sock: Path, pid: int) -> None:
+def record_server(project: Path, sock: Path, pid: int, url: str | None = None) -> None:
     """Add a just-started server to the list (best effort: a read-only home only means
-    that ``streamq server --list`` cannot show it)."""
-    doc = {"project": str(project), "socket": str(sock), "url": private.url_of(sock),
+    that ``streamq server --list`` cannot show it). ``url``: what clients use, when not
+    ``sock`` (a local cluster: its ``redis+cluster://`` URL; ``sock`` is a node's)."""
+    doc = {"project": str(project), "socket": str(sock), "url": url or private.url_of(sock),
            "pid": pid, "started": time.time()}
     with contextlib.suppress(*_NO_CACHE):
         path = _entry(project, pid)
@@ -143,6 +144,7 @@ def running_servers() -> list[RunningServer]:
             doc = json.loads(path.read_text())
             project, sock, pid = Path(doc["project"]), Path(doc["socket"]), int(doc["pid"])
             started = float(doc.get("started", 0.0))
+            url = str(doc.get("url") or private.url_of(sock))
         except (OSError, ValueError, KeyError, TypeError):
             doc = None
         alive, uptime = _alive(sock, pid) if doc is not None else (False, None)
@@ -150,5 +152,5 @@ def running_servers() -> list[RunningServer]:
             with contextlib.suppress(OSError):
                 path.unlink()
             continue
-        found.append(RunningServer(project, private.url_of(sock), pid, started, uptime))
+        found.append(RunningServer(project, url, pid, started, uptime))
     return sorted(found, key=lambda s: (str(s.project), s.pid))
