@@ -27,7 +27,9 @@ metric                                         type       labels       meaning
                                                                        pending message (absent
                                                                        when none)
 ``streamq_worker_process_restarts_total``      counter    (none)       task processes replaced
-                                                                       by this supervisor
+                                                                       by this supervisor after a
+                                                                       crash or a time limit (not
+                                                                       a recycle)
 =============================================  =========  ===========  =========================
 
 Task counters are per worker (each supervisor serves its own processes' files);
@@ -192,7 +194,8 @@ class _QueueCollector:
         if self.restarts is not None:
             restarts = CounterMetricFamily(
                 "streamq_worker_process_restarts",
-                "Task processes replaced by this worker's supervisor.")
+                "Task processes replaced by this worker's supervisor after a crash or a "
+                "time limit (recycling is not counted).")
             restarts.add_metric([], float(self.restarts()))
             yield restarts
         try:
