@@ -241,10 +241,17 @@ def _wait_ok(project: Path, nodes: list[ClusterNode], deadline: float, timeout: 
         f"{timeout:g}s ({states}; see {_state(project, create=False)}/node-*/valkey.log)")
 
 
-def _shutdown(nodes: list[ClusterNode], timeout: float) -> bool:
-    """Shut the nodes down (SIGKILL one that does not go); whether any was running."""
+def _shutdown(nodes: list[ClusterNode], timeout: float, *, launched: bool = False) -> bool:
+    """Shut the nodes down (SIGKILL one that does not go); whether any was running.
+
+    ``launched``: they were just launched, so a daemon may not have written its pid
+    file yet; wait a moment for it rather than leave the node running."""
     pids: dict[int, ClusterNode] = {}
     for node in nodes:
+        pidfile, until = node.dir / "valkey.pid", time.monotonic() + 2.0
+        launched_here = launched and (node.dir / "valkey.conf").exists()
+        while launched_here and not pidfile.exists() and time.monotonic() < until:
+            time.sleep(0.02)
         pid = node.pid
         if pid is None:
             if not node.answers():
@@ -322,7 +329,7 @@ def _create(project: Path, primaries: int, timeout: float) -> list[ClusterNode]:
                         f"node {node.index} refused CLUSTER MEET: {reply.strip() or 'no reply'}")
             _wait_ok(project, nodes, deadline, timeout)
         except BaseException as exc:
-            _shutdown(nodes, timeout=5)
+            _shutdown(nodes, timeout=5, launched=True)
             if _PORT_TAKEN in str(exc) and attempt < 2:
                 continue  # someone took a port between picking and binding it
             raise
@@ -363,7 +370,7 @@ def start_local_cluster(project_dir: PathArg = None, primaries: int = 3, *,
                 _wait_up(node, deadline)
             _wait_ok(project, nodes, deadline, timeout)
         except BaseException as exc:
-            _shutdown(down, timeout=5)
+            _shutdown(down, timeout=5, launched=True)
             if _PORT_TAKEN in str(exc):
                 raise EmbeddedServerError(
                     f"{exc}; its port is taken now: stop what uses it, or remove "
