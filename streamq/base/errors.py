@@ -95,6 +95,17 @@ class MessageTooLargeError(SerializationError):
         self.limit = limit
 
 
+class NotDurableError(BrokerError):
+    """A durable enqueue (``durable=True``) was written, but the server did not confirm
+    in time that it is on disk (its AOF) or on enough replicas: the task may still
+    run. ``handles`` are the calls concerned."""
+
+    def __init__(self, message: str, code: str = "", *, handles: list[Any] | None = None
+                 ) -> None:
+        super().__init__(message, code)
+        self.handles = list(handles or [])
+
+
 class EnqueueError(BrokerError):
     """Enqueueing several calls (``map()``) failed part way; the cause is chained.
 

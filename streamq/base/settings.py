@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,23 @@ class Settings:
     max_memory_per_child: int = 0
     """A worker process whose resident memory grew above this many MB (MiB) is
     replaced after its current task (0: never). Celery's is in KiB."""
+    signing_key: str | bytes | tuple[str | bytes, ...] | None = field(default=None,
+                                                                       repr=False)
+    """HMAC-SHA256 key(s) (``STREAMQ_SIGNING_KEY``, comma-separated): messages are
+    signed with the first, and any of them verifies one; a worker with a key refuses
+    an unsigned or badly signed message before decoding it. Never shown."""
+    max_message_bytes: int = 1024 * 1024
+    """Largest encoded message ``delay()`` sends and a worker decodes (0: no limit
+    but the server's own)."""
+    max_result_bytes: int = 1024 * 1024
+    """Largest encoded result a worker stores; a larger one fails its task (0: no
+    limit but the server's own)."""
+    durable: bool = False
+    """Enqueue returns only once the server has the write in its AOF on disk."""
+    durable_replicas: int = 0
+    """With ``durable``: replicas that must also have the write."""
+    durable_timeout_s: float = 1.0
+    """How long a durable enqueue waits for the disk (and replicas)."""
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -113,6 +130,21 @@ class Settings:
             raise ConfigurationError(
                 f"max_tasks_per_child and max_memory_per_child must be 0 (no limit) or "
                 f"more, got {self.max_tasks_per_child} and {self.max_memory_per_child}")
+        if self.max_message_bytes < 0 or self.max_result_bytes < 0:
+            raise ConfigurationError(
+                f"max_message_bytes and max_result_bytes must be 0 (no limit) or more "
+                f"bytes, got {self.max_message_bytes} and {self.max_result_bytes}")
+        if self.durable_replicas < 0 or self.durable_timeout_s <= 0:
+            raise ConfigurationError(
+                f"durable_replicas must be 0 or more and durable_timeout_s positive "
+                f"seconds, got {self.durable_replicas} and {self.durable_timeout_s}")
+        if self.signing_key is not None and not self.signing_keys:
+            raise ConfigurationError(
+                "signing_key is empty: give a secret of at least 16 characters, or None")
+        if any(len(k) < 16 for k in self.signing_keys):
+            raise ConfigurationError(
+                "a signing key must be at least 16 characters long (make one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         if self.result_ttl <= 0:
             raise ConfigurationError(f"result_ttl must be positive seconds, got {self.result_ttl}")
 
@@ -123,6 +155,15 @@ class Settings:
             if f.repr
         )
         return f"Settings({shown})"
+
+    @property
+    def signing_keys(self) -> tuple[bytes, ...]:
+        """The signing keys as bytes, the one that signs first (empty: no signing)."""
+        key = self.signing_key
+        if key is None:
+            return ()
+        listed = (key,) if isinstance(key, str | bytes) else tuple(key)
+        return tuple(k.encode() if isinstance(k, str) else bytes(k) for k in listed if k)
 
     @property
     def accepted(self) -> tuple[str, ...]:
@@ -154,10 +195,26 @@ class Settings:
         return cls(**values)
 
 
+def _boolean(raw: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_boolean.__name__ = "boolean (1/0, true/false)"
+
+
 _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "url": str, "namespace": str, "claim_after_s": float, "grace_s": float,
     "heartbeat_s": float, "prefetch": int, "max_tasks_per_child": int,
-    "max_memory_per_child": int,
+    "max_memory_per_child": int, "signing_key": lambda raw: tuple(
+        k.strip() for k in raw.split(",") if k.strip()),
+    "max_message_bytes": int, "max_result_bytes": int, "durable": _boolean,
+    "durable_replicas": int, "durable_timeout_s": float,
 }
 """Settings that ``STREAMQ_<NAME>`` sets (``STREAMQ_URL``, ``STREAMQ_NAMESPACE``, ...)."""
 
