@@ -249,7 +249,8 @@ def test_unserializable_argument_names_its_type(app: StreamQ, rclient: redis.Red
 
 
 def test_cloudpickle_serializer_round_trips_objects(server: Any, namespace: str) -> None:
-    app = StreamQ(server.url, namespace=namespace, serializer="cloudpickle")
+    app = StreamQ(server.url, namespace=namespace, serializer="cloudpickle",
+                  signing_key="a test key of enough length")
 
     @app.task
     def double(x: Any) -> Any:

@@ -139,6 +139,7 @@ def test_a_message_larger_than_the_server_accepts_is_refused_before_sending(
     """A 2 MB argument with proto-max-bulk-len at 1 MB said "cannot reach the Redis
     server ... is it running?" and left a PENDING record."""
     rclient.config_set("proto-max-bulk-len", ONE_MIB)
+    app.configure(max_message_bytes=0)  # the server's limit only
     try:
         big = "x" * (2 * ONE_MIB)
         pattern = (r"tests\.tasks\.echo\(\)%s: its message of (\d+) bytes exceeds the "
@@ -158,6 +159,7 @@ def test_a_message_larger_than_the_server_accepts_is_refused_before_sending(
         assert near.status == "PENDING" and tasks.add.delay(1, 2).status == "PENDING"
     finally:
         rclient.config_set("proto-max-bulk-len", DEFAULT_BULK)
+        app.configure(max_message_bytes=ONE_MIB)  # the default, for later tests
 
 
 def test_a_result_larger_than_the_server_accepts_fails_its_task_only(
@@ -167,7 +169,8 @@ def test_a_result_larger_than_the_server_accepts_fails_its_task_only(
     fails and the worker goes on; an error text that large is cut."""
     rclient.config_set("proto-max-bulk-len", ONE_MIB)
     try:
-        w = start_worker(app.settings.url, "-c", "1", *FAST)
+        w = start_worker(app.settings.url, "-c", "1", *FAST,
+                         env={"STREAMQ_MAX_RESULT_BYTES": "0"})  # the server's limit only
         large = tasks.big_result.delay(2 * ONE_MIB)
         loud = tasks.big_error.delay(2 * ONE_MIB)
         after = tasks.add.delay(2, 3)

@@ -25,6 +25,7 @@ from ..base.ids import queue_of
 from ..base.settings import Settings, check_queue_name, mask_url
 from ..data import record, serialization
 from ..data.message import Message, now_ms
+from ..data.signing import Signer, signer_for
 from ..server.deadletters import DeadLetters
 from ..server.link import ServerLink
 from .hooks import Hook, Hooks, TaskEvent
@@ -38,6 +39,8 @@ _BATCH = 100  # calls per batch, and per script call: bounds how long one blocks
 
 DEFAULT_VALUE_LIMIT = 512 * 1024 * 1024
 """The server's ``proto-max-bulk-len`` by default: assumed when CONFIG is refused."""
+MIN_SERVER_LIMIT = 1024 * 1024
+"""The least ``proto-max-bulk-len`` a server can have."""
 SURE_BODY = 1024 * 1024 // 6 - 16 * 1024
 """Bodies up to this many characters fit in any server's value limit once wrapped in
 their envelope (the least ``proto-max-bulk-len`` is 1 MiB; quoting turns a character
@@ -57,7 +60,8 @@ class StreamQ:
         ``serializer``, ``result_ttl``, ...); an unknown name is a ``ConfigurationError``.
         ``STREAMQ_*`` environment variables fill in what is not given."""
         self.settings = Settings.from_env(url=url, **options)
-        serialization.content_type_of(self.settings.serializer)
+        self.signer = _checked_signer(self.settings)
+        """Signs every message this app writes (``signing_key``); None: signing off."""
         self.registry: dict[str, Task[Any, Any]] = {}
         self.hooks = Hooks()
         self._server: ServerLink | None = None
@@ -83,7 +87,9 @@ class StreamQ:
         """Replace settings (e.g. the worker's ``--url``). Closes this app's
         connections, which the next use opens again with the new settings; unknown
         names are a ``ConfigurationError``."""
-        self.settings = self.settings.with_changes(**changes)
+        settings = self.settings.with_changes(**changes)
+        self.signer = _checked_signer(settings)
+        self.settings = settings
         self.close()
 
     def close(self) -> None:
@@ -181,18 +187,22 @@ class StreamQ:
             message, due = prepared[0]
             commands: list[bytes] = []
             encoded = message.encode()
-            if len(encoded) > SURE_BODY:
+            if len(encoded) > self._sure_body:
                 self._check_size(message, encoded)
-            self._enqueue_one(commands, message, due, message.enqueued_ms, ttl, encoded)
+            self._enqueue_one(commands, message, due, message.enqueued_ms, ttl,
+                              encoded if self.signer is None else self.signer.sign(encoded))
             broker.send_one(commands)
             self._emit_enqueued(prepared)
             return [AsyncResult(message.id, self, queue=message.queue,
                                 sent_at=time.monotonic())]
 
+        sure = self._sure_body
         for m, _ in prepared:
-            if len(m.body) > SURE_BODY:
+            if len(m.body) > sure:
                 self._check_sizes(prepared)
                 break
+
+        seal = self._seal
 
         def batches() -> Iterator[list[bytes]]:
             for start in range(0, len(prepared), _BATCH):
@@ -209,7 +219,7 @@ class StreamQ:
                         broker.enqueue_many_command(
                             commands, queue, [m.id for m, _ in run],
                             record.enqueued(task, queue, enq, None),
-                            [m.encode() for m, _ in run])
+                            [seal(m) for m, _ in run])
                     else:
                         for message, due in run:
                             self._enqueue_one(commands, message, due, enq, ttl)
@@ -225,7 +235,7 @@ class StreamQ:
         return [AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at) for m, _ in prepared]
 
     def _enqueue_one(self, out: list[bytes], message: Message, due: int | None, enq: int,
-                     ttl: int, encoded: str | None = None) -> None:
+                     ttl: int, encoded: bytes | str | None = None) -> None:
         # A countdown is due by the server's clock, not this process's.
         countdown_ms = due.countdown_ms if isinstance(due, CountdownDue) else None
         due = None if due is None else int(due)  # hiredis packs exact ints only
@@ -234,25 +244,48 @@ class StreamQ:
         self.server.broker.enqueue_commands(
             out, message.id, message.queue,
             record.enqueued(message.task, message.queue, enq, due), ttl + wait_s,
-            message.encode() if encoded is None else encoded, due,
+            self._seal(message) if encoded is None else encoded, due,
             queue_of(message.id) == message.queue, countdown_ms=countdown_ms)
 
+    def _seal(self, message: Message) -> bytes | str:
+        """A message as written: its envelope, signed when signing is on."""
+        return message.encode() if self.signer is None else self.signer.sign(message.encode())
+
+    @property
+    def _sure_body(self) -> int:
+        """Bodies (and envelopes) up to this many characters fit in every limit, so
+        only longer ones are measured: one ``len()`` on the hot path."""
+        cap = self.settings.max_message_bytes
+        return SURE_BODY if not cap else min(SURE_BODY, cap // 6 - 16 * 1024)
+
     def _check_size(self, message: Message, encoded: str, where: str = "") -> None:
-        """Refuse a message the server would not accept (a long one: measured exactly)."""
-        limit = self.value_limit()
+        """Refuse a message larger than ``max_message_bytes`` or than the server
+        accepts (a long one: measured exactly). The server accepts at least 1 MiB, so
+        it is asked only when ``max_message_bytes`` is off or larger."""
+        cap = self.settings.max_message_bytes
+        limit = cap if cap and cap <= MIN_SERVER_LIMIT else \
+            min(cap or DEFAULT_VALUE_LIMIT, self.value_limit())
         if len(encoded) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
             return
         size = len(encoded.encode("utf-8", "surrogatepass"))
-        if size > limit:
+        if size <= limit:
+            return
+        if limit == cap:
             raise MessageTooLargeError(
-                f"{message.task}(){where}: its message of {size} bytes exceeds the "
-                f"server's limit of {limit} bytes (proto-max-bulk-len); nothing was sent",
-                size, limit)
+                f"{message.task}(){where}: its message of {size} bytes exceeds "
+                f"max_message_bytes ({cap}); nothing was sent. Pass a reference to the "
+                f"data (a key, a path, a URL) instead, or raise max_message_bytes "
+                f"(STREAMQ_MAX_MESSAGE_BYTES; 0 disables it)", size, limit)
+        raise MessageTooLargeError(
+            f"{message.task}(){where}: its message of {size} bytes exceeds the "
+            f"server's limit of {limit} bytes (proto-max-bulk-len); nothing was sent",
+            size, limit)
 
     def _check_sizes(self, prepared: Sequence[tuple[Message, int | None]]) -> None:
         """``_check_size`` for each long message of several (before any is sent)."""
+        sure = self._sure_body
         for i, (m, _) in enumerate(prepared):
-            if len(m.body) > SURE_BODY:
+            if len(m.body) > sure:
                 self._check_size(m, m.encode(), f" (call {i + 1} of {len(prepared)})")
 
     def _partly_enqueued(self, prepared: Sequence[tuple[Message, int | None]],
@@ -301,6 +334,24 @@ class StreamQ:
                             check_queue_name(queue) if queue else self.settings.default_queue,
                             args, dict(kwargs or {}), due)
         return self.enqueue([(msg, due)])[0]
+
+
+PICKLE_FAMILY = frozenset({"pickle", "cloudpickle"})
+"""Serializers whose decoding runs code: accepted only from signed messages."""
+
+
+def _checked_signer(settings: Settings) -> Signer | None:
+    """The signer of ``settings``, after refusing a pickle-family serializer (sent or
+    accepted) without signing: whoever can write to a queue could run any code."""
+    for name in (settings.serializer, *settings.accepted):
+        serialization.content_type_of(name)
+    unsafe = sorted(PICKLE_FAMILY & {settings.serializer, *settings.accepted})
+    if unsafe and not settings.signing_keys:
+        raise ConfigurationError(
+            f"serializer {unsafe[0]!r} lets anyone who can write to a queue run any code "
+            f"in your workers; turn on message signing with signing_key=... (or "
+            f"STREAMQ_SIGNING_KEY) on producers and workers to use it, or use 'json'")
+    return signer_for(settings.signing_keys)
 
 
 _default_app: StreamQ | None = None

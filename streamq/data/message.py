@@ -15,6 +15,7 @@ from json.encoder import encode_basestring as _quote
 from typing import Any, NamedTuple
 
 from ..base.errors import DecodeError
+from .signing import strip
 
 SCHEMA_VERSION = 1
 _decode_json = json.JSONDecoder().decode
@@ -78,6 +79,7 @@ class Message(NamedTuple):
 
         The body is not checked here: the decoding of the arguments refuses a body that
         is not a string (``serialization.loads``), and says so."""
+        raw = strip(raw)  # a signature was checked, if at all, before (``signing``)
         try:
             doc = _decode_json(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
             get = doc.get
@@ -127,6 +129,7 @@ def peek_ids(raw: bytes | str, *, parse: bool = True) -> tuple[str | None, str |
     parsed document, else from the head streamq writes (a bounded match that never
     parses the rest); only the head with ``parse=False``, for an entry that must not
     be decoded again."""
+    raw = strip(raw)
     if parse:
         try:
             doc = json.loads(raw)

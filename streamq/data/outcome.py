@@ -46,7 +46,7 @@ class Retried(NamedTuple):
     task_id: str
     task: str
     due_ms: int
-    message: str
+    message: bytes | str
     record: list[Any]
     record_ttl_s: int
     """The record must outlive the wait until the retry is due."""

@@ -52,7 +52,8 @@ class Broker:
 
     # -- producing -------------------------------------------------------------------
     def enqueue_commands(self, out: list[bytes], task_id: str, queue: str,
-                         record: list[Any], ttl_s: int, encoded: str, due_ms: int | None,
+                         record: list[Any], ttl_s: int, encoded: bytes | str,
+                         due_ms: int | None,
                          routed: bool, *, countdown_ms: int | None = None) -> None:
         """Append the packed commands of one enqueue to ``out``: the record first, so
         a message never exists without its record and its id never reads UNKNOWN.
@@ -88,7 +89,7 @@ class Broker:
         self._note_queue(out, queue)
 
     def enqueue_many_command(self, out: list[bytes], queue: str, task_ids: list[str],
-                             record: list[Any], encoded: list[str]) -> None:
+                             record: list[Any], encoded: list[bytes | str]) -> None:
         """Append one script call enqueueing messages of one queue that share one
         record template (``record``: field/value pairs), records first."""
         ns = self.ns

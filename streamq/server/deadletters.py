@@ -16,6 +16,7 @@ from ..base.errors import DecodeError
 from ..base.settings import Settings
 from ..data import record
 from ..data.message import Message, now_ms
+from ..data.signing import BadSignature, signer_for
 from .broker import Broker, as_str
 from .transport import Packed, Transport
 
@@ -63,6 +64,7 @@ class DeadLetters:
         self.broker = broker
         self.ns = settings.namespace
         self.ttl_s = settings.result_ttl
+        self.signing_keys = settings.signing_keys
 
     @property
     def client(self) -> Any:
@@ -93,15 +95,23 @@ class DeadLetters:
         ``entry_ids=None`` requeues all. Returns how many moved."""
         wanted = set(entry_ids) if entry_ids is not None else None
         todo: list[tuple[DeadLetter, Message]] = []
+        signer = signer_for(self.signing_keys)
         for dl in self.list(queue):
             if wanted is not None and dl.entry_id not in wanted:
                 continue
+            if signer is not None:
+                try:
+                    signer.verify(dl.raw)
+                except BadSignature:
+                    # Signing it now would make a forged message trusted: left here.
+                    continue
             try:
                 todo.append((dl, Message.decode(dl.raw)))
             except DecodeError:
                 # An undecodable message would only come straight back; leave it here.
                 continue
         moved = 0
+        seal = (lambda text: text) if signer is None else signer.sign
         for start in range(0, len(todo), _PAGE):
             chunk = todo[start:start + _PAGE]
             packed = Packed()
@@ -110,7 +120,7 @@ class DeadLetters:
                 packed.script("requeue_dead", [
                     keys.dead(self.ns, dl.queue), keys.stream(self.ns, dl.queue),
                     keys.record(self.ns, dl.queue, msg.id), keys.done(self.ns, dl.queue, msg.id),
-                ], [dl.entry_id, msg.reset().encode(), self.ttl_s, len(reset) // 2, *reset,
+                ], [dl.entry_id, seal(msg.reset().encode()), self.ttl_s, len(reset) // 2, *reset,
                     *record.OUTCOME_FIELDS])
             moved += sum(int(r) for r in self.transport.run(packed))
             if progress is not None:

@@ -67,7 +67,9 @@ class Consumer:
         self.block_ms = settings.block_ms if block_ms is None else block_ms
         self.hooks = app.hooks
         self.executor = Executor(app.registry, app.accept_content_types, settings.serializer,
-                                 name, settings.result_ttl)
+                                 name, settings.result_ttl, signer=app.signer,
+                                 max_message_bytes=settings.max_message_bytes,
+                                 max_result_bytes=settings.max_result_bytes)
         self.worker_info = worker_info
         self.worker_key = keys.worker(settings.namespace, self.worker_id) \
             if worker_info is not None else None

@@ -25,18 +25,19 @@ from __future__ import annotations
 
 import random
 import time
-import traceback
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ..api.app import DEFAULT_VALUE_LIMIT
+from ..api.app import DEFAULT_VALUE_LIMIT, MIN_SERVER_LIMIT
 from ..api.task import Task, TaskContext, TaskOptions, running_as
 from ..base.backoff import compute_backoff
 from ..base.errors import EncodeError, Reject, Retry
 from ..data import record, serialization
-from ..data.message import Message, kind_of, now_ms, peek_ids, short_repr
+from ..data.message import Message, now_ms, peek_ids, short_repr
 from ..data.outcome import Dead, Delivery, Failed, Gone, Outcome, Retried, Succeeded
 from ..data.serialization import ContentTypeNotAcceptedError
+from ..data.signing import OVERHEAD, BadSignature, Signer
+from .texts import format_traceback, one_line, shape_of, size_over, text_of, type_name
 
 
 class Call(NamedTuple):
@@ -53,13 +54,25 @@ class Executor:
     """Policy for one consumer; testable without processes or a server."""
 
     def __init__(self, registry: Mapping[str, Task[Any, Any]], accept: set[str],
-                 serializer: str, consumer: str, result_ttl_s: int) -> None:
+                 serializer: str, consumer: str, result_ttl_s: int, *,
+                 signer: Signer | None = None, max_message_bytes: int = 0,
+                 max_result_bytes: int = 0) -> None:
         self.registry = registry
         self.accept = accept
         self.serializer = serializer
         self.consumer = consumer
         self.ttl_s = result_ttl_s
         self.most_deliveries = self._most_deliveries()
+        self.signer = signer
+        """Verifies each entry before anything of it is decoded, signs what is written
+        back (retries, hand-backs); None: signing is off."""
+        # A signed entry may be a signature longer than the limit its producer checked.
+        self.entry_cap = max_message_bytes + (OVERHEAD if signer else 0) \
+            if max_message_bytes else 0
+        self.result_cap = max_result_bytes
+        self.result_sure = min(SURE_TO_FIT, max_result_bytes // 4) if max_result_bytes \
+            else SURE_TO_FIT
+        """Results up to this many characters fit every limit: only longer are measured."""
 
     def _most_deliveries(self) -> int:
         """The highest ``max_deliveries`` a message here may have: that of its task is
@@ -84,11 +97,19 @@ class Executor:
             dead = self._delivered_too_often(d)
             if dead is not None:
                 return dead
+        if self.entry_cap and len(raw) > self.entry_cap:
+            return self._refused(d, f"message of {len(raw)} bytes exceeds max_message_bytes "
+                                    f"({self.entry_cap}); not decoded")
+        if self.signer is not None:
+            try:
+                raw = self.signer.verify(raw)
+            except BadSignature as exc:
+                return self._refused(d, str(exc))
         try:
             msg = Message.decode(raw)
         except Exception as exc:
             tid, name = peek_ids(raw)
-            return self._dead(d, tid, name or "?", 0, f"undecodable message: {_line(exc)}")
+            return self._dead(d, tid, name or "?", 0, f"undecodable message: {one_line(exc)}")
         task = self.registry.get(msg.task)
         if task is None:
             return self._unknown_task(d, msg)
@@ -106,10 +127,10 @@ class Executor:
             payload = serialization.loads(msg.body, msg.content_type, msg.content_encoding,
                                           self.accept)
         except ContentTypeNotAcceptedError as exc:
-            return self._dead(d, msg.id, msg.task, msg.retries, _line(exc))
+            return self._dead(d, msg.id, msg.task, msg.retries, one_line(exc))
         except Exception as exc:
             return self._dead(d, msg.id, msg.task, msg.retries,
-                              f"undecodable arguments: {_line(exc)}")
+                              f"undecodable arguments: {one_line(exc)}")
         try:
             args, kwargs = payload
         except Exception:  # decoded, but not a pair
@@ -140,8 +161,19 @@ class Executor:
                               exc_type="TaskNotRegisteredError", exc_message=text,
                               traceback="", eta_ms=due, started_ms=now_ms(),
                               worker=self.consumer)
-        return Retried(d, msg.id, msg.task, due, msg.handed_back(due).encode(), fields,
+        return Retried(d, msg.id, msg.task, due, self._seal(msg.handed_back(due)), fields,
                        self.ttl_s + int(delay) + 1, delay, f"TaskNotRegisteredError: {text}")
+
+    def _refused(self, d: Delivery, reason: str) -> Dead:
+        """The dead letter of an entry refused before decoding. Its task and id come
+        from its head; its record is written only without signing, since the id of an
+        entry that is not trusted must not change any task's record."""
+        tid, name = peek_ids(d.raw or b"", parse=False)
+        return self._dead(d, None if self.signer else tid, name or "?", 0, reason)
+
+    def _seal(self, msg: Message) -> bytes | str:
+        """A message as written back to the server: signed when signing is on."""
+        return msg.encode() if self.signer is None else self.signer.sign(msg.encode())
 
     def _delivered_too_often(self, d: Delivery) -> Dead | None:
         """The dead letter of an entry delivered more often than any task here allows,
@@ -158,7 +190,7 @@ class Executor:
     def _bad_arguments(self, d: Delivery, msg: Message, payload: Any) -> Dead:
         return self._dead(d, msg.id, msg.task, msg.retries,
                           f"malformed arguments: they must decode to [list, dict] (the "
-                          f"positional and keyword arguments), got {_shape(payload)}")
+                          f"positional and keyword arguments), got {shape_of(payload)}")
 
     # -- running --------------------------------------------------------------------
     def run(self, call: Call) -> Outcome:
@@ -180,8 +212,8 @@ class Executor:
                 return self._raised(d, msg, task, exc, started_ms)
             except Exception as inner:  # its outcome could not be built
                 return self._failed(d, msg, task, type(exc).__name__,
-                                    f"{_text(exc)} (and its outcome could not be built: "
-                                    f"{type(inner).__name__}: {_text(inner)})", "",
+                                    f"{text_of(exc)} (and its outcome could not be built: "
+                                    f"{type(inner).__name__}: {text_of(inner)})", "",
                                     retryable=False, started_ms=started_ms)
         runtime = time.perf_counter() - t0
         try:
@@ -189,15 +221,20 @@ class Executor:
                                                   msg.task)
         except Exception as exc:
             return self._failed(d, msg, task, "EncodeError" if isinstance(exc, EncodeError)
-                                else _type_name(exc), _text(exc), "",
+                                else type_name(exc), text_of(exc), "",
                                 retryable=False, started_ms=started_ms)
-        if len(payload) > SURE_TO_FIT:  # long enough that a server may refuse it
-            limit = self._value_limit(task)
-            size = _size_over(payload, limit)
+        if len(payload) > self.result_sure:  # long enough that a limit may refuse it
+            cap = self.result_cap
+            limit = cap if cap and cap <= MIN_SERVER_LIMIT else \
+                min(cap or DEFAULT_VALUE_LIMIT, self._value_limit(task))
+            size = size_over(payload, limit)
             if size is not None:
+                why = f"max_result_bytes ({cap}); return a reference to the data (a key, " \
+                      f"a path) instead, or raise max_result_bytes on the worker" \
+                    if limit == cap else \
+                    f"the server's limit of {limit} bytes (proto-max-bulk-len)"
                 return self._failed(d, msg, task, "MessageTooLargeError",
-                                    f"result of {size} bytes exceeds the server's limit of "
-                                    f"{limit} bytes (proto-max-bulk-len)", "",
+                                    f"result of {size} bytes exceeds {why}", "",
                                     retryable=False, started_ms=started_ms)
         return Succeeded(d, msg.id, msg.task, payload, ct, ce, started_ms, runtime)
 
@@ -231,16 +268,16 @@ class Executor:
                                     f"to {MAX_COUNTDOWN_S:.0e} (about 31 years), got "
                                     f"{short_repr(countdown)}", "",
                                     retryable=False, started_ms=started_ms)
-            return self._retry_or_fail(d, msg, task, "Retry", _text(exc), "", started_ms,
+            return self._retry_or_fail(d, msg, task, "Retry", text_of(exc), "", started_ms,
                                        countdown=countdown)
         if isinstance(exc, Reject):
             return self._dead(d, msg.id, msg.task, msg.retries,
-                              f"rejected by the task: {_text(exc.reason)}")
-        tb = _traceback()
+                              f"rejected by the task: {text_of(exc.reason)}")
+        tb = format_traceback()
         if isinstance(exc, task.options.autoretry_for):
-            return self._retry_or_fail(d, msg, task, _type_name(exc), _text(exc), tb,
+            return self._retry_or_fail(d, msg, task, type_name(exc), text_of(exc), tb,
                                        started_ms)
-        return self._failed(d, msg, task, _type_name(exc), _text(exc), tb,
+        return self._failed(d, msg, task, type_name(exc), text_of(exc), tb,
                             retryable=False, started_ms=started_ms)
 
     # -- outcomes -------------------------------------------------------------------
@@ -258,10 +295,10 @@ class Executor:
         delay = max(0.0, delay)
         due = now_ms() + int(delay * 1000)
         error = f"{exc_type}: {exc_message}"
-        encoded = msg.with_retry(error, due).encode()
+        encoded = self._seal(msg.with_retry(error, due))
         if len(encoded) > SURE_TO_FIT:
             limit = self._value_limit(task)
-            size = _size_over(encoded, limit)
+            size = size_over(encoded, limit)
             if size is not None:
                 return self._failed(d, msg, task, "MessageTooLargeError",
                                     f"the message of its retry ({size} bytes, with the error "
@@ -333,54 +370,3 @@ SURE_TEXT = 1024 * 1024 // 16
 MAX_COUNTDOWN_S = 1e9
 """The longest wait a task may ask of ``Retry``: its record's TTL includes the wait,
 and the server refuses a TTL much beyond this."""
-
-
-def _text(value: object) -> str:
-    """``str(value)``, even when that raises (an error of the task's own making)."""
-    try:
-        return str(value)
-    except Exception as exc:
-        try:
-            why = f"{type(exc).__name__}: {exc}"
-        except Exception:
-            why = type(exc).__name__
-        return f"<str() of this {type(value).__name__} raised {why}>"
-
-
-def _size_over(value: bytes | str, limit: int) -> int | None:
-    """The size in bytes of ``value`` as sent, when it exceeds ``limit``; else None."""
-    if isinstance(value, str):
-        if len(value) * 4 <= limit:
-            return None
-        size = len(value.encode("utf-8", "surrogatepass"))
-    else:
-        size = len(value)
-    return size if size > limit else None
-
-
-def _line(exc: BaseException, limit: int = 500) -> str:
-    """An error as one line of at most ``limit`` characters, for a reason."""
-    text = " ".join(_text(exc).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _traceback() -> str:
-    try:
-        return traceback.format_exc()
-    except Exception as exc:
-        return f"(the traceback could not be formatted: {type(exc).__name__})"
-
-
-def _shape(value: Any) -> str:
-    """What decoded arguments look like: their kind (and their elements' for a pair)
-    and a short repr."""
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return (f"{kind_of(value)} of {kind_of(value[0])} and {kind_of(value[1])} "
-                f"({short_repr(value)})")
-    return f"{kind_of(value)} ({short_repr(value)})"
-
-
-def _type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else \
-        f"{cls.__module__}.{cls.__qualname__}"
