@@ -1,0 +1,323 @@
+"""Fuzzed stream entries against a real worker (issue 15, "Security and durability").
+
+Hypothesis writes arbitrary entries straight into the stream a queue reads: random
+fields, random bytes, empty, long and oversized values, and streamq envelopes with
+missing fields, wrong types, odd content types, bad base64, truncations and bytes
+that are not UTF-8, around argument bodies valid or not for real tasks. Every entry
+must end exactly once: run (counted by the task itself) or dead-lettered with a
+reason; the worker's processes must all live on, and nothing may stay pending.
+
+Each entry carries a marker of its own (in a field, the envelope or its id), so
+its dead letter is found whatever was broken. A task name the worker does not know
+is handed back for about 5 s before its dead letter: such entries are checked at
+the end of the test, once the delayed set is empty.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamq import StreamQ
+from streamq.base import keys
+from streamq.data.message import Message
+from tests.conftest import wait_until
+
+MIB = 1024 * 1024
+FIELDS = ("v", "id", "task", "queue", "ct", "ce", "body", "b64", "retries", "enq_ms")
+# The tasks an envelope may name: each records its runs under its key argument
+# (record_start, count) or fails (fail), so no run goes unseen.
+TASKS = ("tests.tasks.record_start", "tests.tasks.count", "tests.tasks.fail")
+
+# -- what is written ----------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+    | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                  max_size=3),
+    max_leaves=8)
+values = st.one_of(st.binary(max_size=64), st.just(b""),
+                   st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=3),
+                             st.integers(1000, 100_000)))
+
+
+@dataclass(frozen=True)
+class Fields:
+    """An entry with fields other than a lone ``m``: random names and values, and a
+    field named by the marker (the repr of the fields, kept in the dead letter,
+    shows it)."""
+
+    pairs: tuple[tuple[bytes, bytes], ...]
+    at: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A lone field ``m`` holding arbitrary bytes, the marker at ``at`` (None: none,
+    so the dead letter is found by its bytes)."""
+
+    data: bytes
+    at: int | None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A streamq envelope for ``task`` with the argument body ``args``, then
+    ``changes`` (field, value; a value of ``DROP`` removes the field) and an
+    ``encoding``: json, b64 (a valid base64 body), truncate, not-utf8, oversize."""
+
+    task: Any
+    args: str
+    changes: tuple[tuple[str, Any], ...]
+    id_form: str
+    encoding: str
+    cut: float
+
+
+DROP = "<drop>"
+ARGS = ("valid", "valid-kw", "no-args", "too-many", "twice", "unknown-kw", "not-a-pair",
+        "kw-not-object", "not-json", "not-lists")
+odd_types = st.sampled_from(["application/json", "application/data", "application/text",
+                             "application/x-python-serialize", "application/x-yaml",
+                             "application/x-msgpack", "application/x-cloudpickle", "",
+                             "APPLICATION/JSON"]) | st.text(max_size=30)
+odd_encodings = st.sampled_from(["utf-8", "binary", "utf-16", "latin-1", ""]) \
+    | st.text(max_size=30)
+# The id changes only through ``id_form`` (or a drop), so that it keeps the marker.
+change = st.one_of(
+    st.tuples(st.sampled_from(FIELDS), st.just(DROP)),
+    st.tuples(st.sampled_from(FIELDS[:1] + FIELDS[2:]), json_values),
+    st.tuples(st.just("ct"), odd_types),
+    st.tuples(st.just("ce"), odd_encodings),
+    st.tuples(st.just("b64"), st.sampled_from([True, 1, "yes", [0]])),
+    st.tuples(st.just("body"), st.sampled_from(["!!!", "YWJj=", "====", "a", "%%%%"])),
+    st.tuples(st.sampled_from(["handbacks", "eta_ms", "error", "extra"]), json_values),
+)
+envelopes = st.builds(
+    Envelope,
+    task=st.sampled_from(TASKS) | st.text(max_size=30) | json_values,
+    args=st.sampled_from(ARGS),
+    changes=st.lists(change, max_size=3).map(tuple),
+    id_form=st.sampled_from(["text", "text", "list", "object", "number"]),
+    encoding=st.sampled_from(["json"] * 6 + ["b64", "truncate", "not-utf8", "oversize"]),
+    cut=st.floats(0, 1, exclude_max=True))
+entries = st.one_of(
+    st.builds(Fields, st.lists(st.tuples(st.binary(max_size=20), values), max_size=4)
+              .map(tuple), st.integers(0, 4), values),
+    st.builds(Raw, st.binary(max_size=300) | values, st.none() | st.integers(0, 300)),
+    envelopes, envelopes, envelopes)
+
+
+@dataclass
+class Written:
+    """One entry as written, and what became of it."""
+
+    spec: Any
+    markers: tuple[str, ...]
+    """Strings only this entry's dead letter can hold (none: match ``exact``)."""
+    exact: bytes | None
+    task_id: str | None
+    must: str
+    """"run", "dead" or "either" (a change the decoding may accept or refuse)."""
+    letters: list[tuple[str, bytes, str]] = field(default_factory=list)
+    handed_back: bool = False
+
+
+def _args(form: str, token: str) -> Any:
+    return {"valid": [[token], {}], "valid-kw": [[], {"key": token}],
+            "no-args": [[], {}], "too-many": [[token, 1], {}],
+            "twice": [[token], {"key": token}], "unknown-kw": [[], {"nope": token}],
+            "not-a-pair": [[token]], "kw-not-object": [[token], [token]]}.get(form)
+
+
+def _build(spec: Any, n: int) -> tuple[dict[bytes, bytes] | list[bytes], Written]:
+    """The fields to XADD for ``spec`` (a list: field names may repeat), and the
+    entry to account for; ``n`` makes its markers unique."""
+    token = f"fz{n:010d}x"
+    if isinstance(spec, Fields):
+        pairs = list(spec.pairs)
+        pairs.insert(min(spec.at, len(pairs)), (token.encode(), spec.value))
+        flat = [part for pair in pairs for part in pair]
+        return flat, Written(spec, (token,), None, None, "dead")
+    if isinstance(spec, Raw):
+        data = spec.data
+        if spec.at is not None:
+            data = data[:spec.at] + token.encode() + data[spec.at:]
+        written = Written(spec, (token,) if spec.at is not None else (), data, None, "dead")
+        return [b"m", data], written
+    assert isinstance(spec, Envelope)
+    number = 9_000_000_000 + n
+    tid = {"text": f"{n:032x}@default", "list": [token], "object": {"k": token},
+           "number": number}[spec.id_form]
+    args = _args(spec.args, token)
+    body = json.dumps(args) if args is not None else \
+        f"[[{token!r}" if spec.args == "not-json" else json.dumps([token, {"x": [1]}])
+    doc: dict[str, Any] = json.loads(Message(str(tid), "x", "default", "application/json",
+                                             "utf-8", body).encode())
+    doc["id"], doc["task"], doc["fz"] = tid, spec.task, token  # "fz": a marker decode ignores
+    if spec.encoding == "b64":
+        doc["body"], doc["b64"] = base64.b64encode(body.encode()).decode(), True
+    for name, value in spec.changes:
+        if value == DROP:
+            doc.pop(name, None)
+        else:
+            doc[name] = value
+    if spec.encoding == "oversize":
+        doc["pad"] = "p" * (MIB + 10)
+    raw = json.dumps(doc).encode()
+    task = doc.get("task")
+    runnable = task is not None and str(task) in TASKS[:2]
+    must = "either"
+    if spec.encoding == "truncate":
+        raw, must = raw[:int(len(raw) * spec.cut)], "dead"
+    elif spec.encoding == "not-utf8":
+        at = int(len(raw) * spec.cut)
+        raw, must = raw[:at] + b"\xff" + raw[at:], "dead"
+    elif spec.encoding == "oversize":
+        must = "dead"
+    elif not runnable:
+        must = "dead"  # fails, or no worker knows the task: handed back, then dead
+    elif not spec.changes:
+        must = "run" if spec.args in ("valid", "valid-kw") else "dead"
+    # After a hand-back the envelope is written anew, without "fz": the id remains.
+    markers = (token, str(tid)) if spec.id_form in ("number", "text") else (token,)
+    return [b"m", raw], Written(spec, markers, None, str(tid), must)
+
+
+# -- the test -----------------------------------------------------------------------------
+class Ledger:
+    """Every entry written, and the dead letters read so far, matched to them."""
+
+    def __init__(self, client: redis.Redis, ns: str) -> None:
+        self.client, self.ns = client, ns
+        self.stream, self.dead = keys.stream(ns, "default"), keys.dead(ns, "default")
+        self.all: list[Written] = []
+        self.last_letter = "0-0"
+        self.strays: list[tuple[bytes, str]] = []
+
+    def write(self, specs: list[Any]) -> tuple[list[Written], list[bytes]]:
+        out, ids = [], []
+        for spec in specs:
+            fields, written = _build(spec, len(self.all))
+            self.all.append(written)
+            out.append(written)
+            ids.append(self.client.execute_command("XADD", self.stream, "*", *fields))
+        return out, ids
+
+    def read_letters(self, recent: list[Written]) -> None:
+        """Match new dead letters to entries: by marker, else by their exact bytes."""
+        got = self.client.xrange(self.dead, f"({self.last_letter}", "+")
+        for entry_id, f in got:
+            self.last_letter = entry_id.decode()
+            raw, tid = f.get(b"m", b""), f.get(b"id", b"").decode(errors="replace")
+            reason = f.get(b"reason", b"").decode(errors="replace")
+            owner = next((w for w in self.all for m in w.markers
+                          if m.encode() in raw or m in tid), None)
+            if owner is None:
+                owner = next((w for w in recent if w.exact == raw and not w.letters), None)
+            if owner is None:
+                self.strays.append((raw[:200], reason))
+            else:
+                owner.letters.append((tid, raw[:200], reason))
+
+    def runs(self, w: Written) -> list[bytes]:
+        token = w.markers[0].encode() if w.markers else None
+        if token is None:
+            return []
+        starts = self.client.lrange(f"{self.ns}:starts:{token.decode()}", 0, -1)
+        counted = int(self.client.get(f"{self.ns}:count:{token.decode()}") or 0)
+        return list(starts) + [b"count"] * counted
+
+    def status(self, task_id: str) -> bytes | None:
+        value = self.client.hget(keys.record(self.ns, "default", task_id), "status")
+        return value if value is None else bytes(value)
+
+    def handed_back(self, task_id: str) -> bool:
+        return bool(self.client.hexists(keys.delayed_messages(self.ns, "default"), task_id))
+
+
+def _fate(ledger: Ledger, w: Written, *, final: bool) -> str | None:
+    """What is wrong with the fate of ``w`` (None: nothing)."""
+    runs = ledger.runs(w)
+    dead = len(w.letters)
+    if w.handed_back and not final:
+        return None
+    if dead == 0 and not runs and w.task_id and not final and ledger.handed_back(w.task_id):
+        w.handed_back = True  # a task no worker knows: its dead letter comes later
+        return None
+    if dead + (len(runs) > 0) != 1 or len(runs) > 1:
+        return f"ran {len(runs)} time(s) and has {dead} dead letter(s): {w.letters}"
+    if dead:
+        reason = w.letters[0][2]
+        if not reason.strip() or len(reason.splitlines()[0]) > 2000:
+            return f"dead letter without a one-line reason: {reason[:300]!r}"
+        if w.must == "run":
+            return f"a valid call was dead-lettered: {reason[:300]}"
+        return None
+    if w.must == "dead":
+        return "ran, but it is invalid"
+    if runs[0] != b"count" and w.task_id is not None and \
+            not runs[0].startswith(w.task_id.encode() + b" "):
+        return f"ran as another task id: {runs[0]!r}"
+    if w.task_id is not None and ledger.status(w.task_id) != b"SUCCESS":
+        return f"ran, but its record says {ledger.status(w.task_id)!r}"
+    return None
+
+
+def _family(w: Any) -> set[int]:
+    """The supervisor and its worker processes (their pids)."""
+    return {w.pid, *w.children()}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("server", ["valkey", "redis"], indirect=True)
+def test_fuzzed_entries_are_run_once_or_dead_lettered(app: StreamQ, rclient: redis.Redis,
+                                                      start_worker: Any) -> None:
+    w = start_worker(app.settings.url, "-c", "2", "--heartbeat", "0.2",
+                     "--log-level", "INFO")
+    family = _family(w)
+    assert len(family) == 3, family
+    ledger = Ledger(rclient, app.settings.namespace)
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.large_base_example])
+    @given(st.lists(entries, min_size=1, max_size=4))
+    def one_batch(specs: list[Any]) -> None:
+        written, ids = ledger.write(specs)
+        wait_until(lambda: not any(rclient.xrange(ledger.stream, i, i) for i in ids),
+                   timeout=20, message=f"the worker to take {ids}; log:\n{w.output()[-3000:]}")
+        ledger.read_letters(written)
+        problems = [f"{x.spec!r:.300}: {p}" for x in written
+                    if (p := _fate(ledger, x, final=False)) is not None]
+        assert not problems, "\n".join(problems)
+        assert not ledger.strays, ledger.strays
+        assert _family(w) == family, "a worker process was replaced"
+
+    one_batch()
+
+    # The entries handed back for a task no worker knows end in dead letters too.
+    delayed = keys.delayed(app.settings.namespace, "default")
+    wait_until(lambda: rclient.zcard(delayed) == 0 and rclient.xlen(ledger.stream) == 0,
+               timeout=60, message="hand-backs to end")
+    ledger.read_letters([])
+    problems = [f"{x.spec!r:.300}: {p}" for x in ledger.all
+                if (p := _fate(ledger, x, final=True)) is not None]
+    assert not problems, "\n".join(problems)
+    assert not ledger.strays, ledger.strays
+    assert rclient.xpending(ledger.stream, keys.GROUP)["pending"] == 0
+    assert rclient.xlen(ledger.stream) == 0
+    dead = sum(len(x.letters) for x in ledger.all)
+    assert rclient.xlen(ledger.dead) == dead
+    assert _family(w) == family
+    out = w.output()
+    assert "died with exit code" not in out and "replacing it" not in out, out[-3000:]
+    assert w.stop() == 0
