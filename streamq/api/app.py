@@ -20,6 +20,7 @@ from ..base.errors import (
     EnqueueConnectionError,
     EnqueueError,
     MessageTooLargeError,
+    NotDurableError,
 )
 from ..base.ids import queue_of
 from ..base.settings import Settings, check_queue_name, mask_url
@@ -170,8 +171,8 @@ class StreamQ:
         return AsyncResult(task_id, self)
 
     # -- enqueue ----------------------------------------------------------------------
-    def enqueue(self, prepared: Sequence[tuple[Message, int | None]], *, many: bool = False
-                ) -> list[_AsyncResult]:
+    def enqueue(self, prepared: Sequence[tuple[Message, int | None]], *, many: bool = False,
+                durable: bool | None = None) -> list[_AsyncResult]:
         """Write records and messages for prepared calls, each record before its
         message, in batches of ``_BATCH`` calls streamed on one connection:
         ``delay()`` is one round trip, and ``map()`` packs the next batch while the
@@ -180,8 +181,15 @@ class StreamQ:
         A message larger than the server accepts (``value_limit``) is refused with
         ``MessageTooLargeError`` before anything is sent. Several calls (or ``many``,
         as ``map()`` asks) that fail part way raise ``EnqueueError``, which says which
-        calls were enqueued; one call raises the server's error itself."""
+        calls were enqueued; one call raises the server's error itself.
+
+        ``durable`` (None: the ``durable`` setting) returns only once the server has
+        the writes in its AOF on disk (and on ``durable_replicas`` replicas): a wait
+        rides behind the last write, and ``NotDurableError`` says when it was not
+        confirmed (the calls were written and may run)."""
         broker, ttl = self.server.broker, self.settings.result_ttl
+        wait = self._durable_wait() if (self.settings.durable if durable is None
+                                        else durable) else None
 
         if len(prepared) == 1 and not many:  # delay(): one batch, nothing to stream
             message, due = prepared[0]
@@ -191,10 +199,15 @@ class StreamQ:
                 self._check_size(message, encoded)
             self._enqueue_one(commands, message, due, message.enqueued_ms, ttl,
                               encoded if self.signer is None else self.signer.sign(encoded))
-            broker.send_one(commands)
+            if wait is None:
+                broker.send_one(commands)
+                self._emit_enqueued(prepared)
+                return [AsyncResult(message.id, self, queue=message.queue,
+                                    sent_at=time.monotonic())]
+            reply = broker.send_durable(commands, wait)
             self._emit_enqueued(prepared)
-            return [AsyncResult(message.id, self, queue=message.queue,
-                                sent_at=time.monotonic())]
+            return self._confirmed(reply, [AsyncResult(message.id, self, queue=message.queue,
+                                                       sent_at=time.monotonic())])
 
         sure = self._sure_body
         for m, _ in prepared:
@@ -227,12 +240,30 @@ class StreamQ:
 
         answered: list[bool] = []
         try:
-            broker.send_many(batches(), answered)
+            reply = broker.send_many(batches(), answered, wait)
         except BrokerError as exc:
-            raise self._partly_enqueued(prepared, answered, exc) from exc
+            raise self._partly_enqueued(prepared, answered, exc, wait is not None) from exc
         self._emit_enqueued(prepared)
         sent_at = time.monotonic()
-        return [AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at) for m, _ in prepared]
+        handles = [AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at) for m, _ in prepared]
+        return handles if wait is None else self._confirmed(reply, handles)
+
+    def _durable_wait(self) -> bytes:
+        s = self.settings
+        return self.server.broker.durable_wait(s.durable_replicas, s.durable_timeout_s,
+                                               s.socket_timeout_s)
+
+    def _confirmed(self, reply: Any, handles: list[_AsyncResult]) -> list[_AsyncResult]:
+        """``handles``, once the wait's ``reply`` confirms they are durable; else
+        ``NotDurableError`` naming them (they were written, and may run)."""
+        s = self.settings
+        why = self.server.broker.not_durable(reply, s.durable_replicas, s.durable_timeout_s)
+        if why is None:
+            return handles
+        first = handles[0]
+        what = f"task {first.id}" if len(handles) == 1 else \
+            f"each of {len(handles)} tasks ({first.id} ... {handles[-1].id})"
+        raise NotDurableError(f"{what} was enqueued but {why}", handles=handles)
 
     def _enqueue_one(self, out: list[bytes], message: Message, due: int | None, enq: int,
                      ttl: int, encoded: bytes | str | None = None) -> None:
@@ -289,7 +320,8 @@ class StreamQ:
                 self._check_size(m, m.encode(), f" (call {i + 1} of {len(prepared)})")
 
     def _partly_enqueued(self, prepared: Sequence[tuple[Message, int | None]],
-                         answered: list[bool], exc: BrokerError) -> EnqueueError:
+                         answered: list[bool], exc: BrokerError, durable: bool = False
+                         ) -> EnqueueError:
         """The error of a multi-call enqueue that failed after ``answered`` batches."""
         sent_at = time.monotonic()
         handles: list[_AsyncResult] = []
@@ -312,7 +344,8 @@ class StreamQ:
         cls = EnqueueConnectionError if isinstance(exc, BrokerConnectionError) else EnqueueError
         return cls(f"enqueueing {len(prepared)} calls failed: {len(enqueued)} "
                    f"enqueued, {len(unknown)} unknown (their batch failed or got no reply), "
-                   f"{len(not_sent)} not sent: {cause}", exc.code, handles=handles,
+                   f"{len(not_sent)} not sent{' (none confirmed on disk)' if durable else ''}"
+                   f": {cause}", exc.code, handles=handles,
                    enqueued=enqueued, unknown=unknown, not_sent=not_sent)
 
     def _emit_enqueued(self, prepared: Sequence[tuple[Message, int | None]]) -> None:

@@ -4,7 +4,10 @@
 encodes every argument in Python, which cost the worker more than the server's
 work); ``Transport.run`` sends them in one write and reads the replies.
 ``Transport.send`` streams many batches on one connection, stops at the first error
-and can say which batches were written for sure (``answered``). A server that lost its
+and can say which batches were written for sure (``answered``). A durable write ends
+with a wait command (WAITAOF or WAIT) in the same write, on the same connection:
+both wait for this connection's own writes, so anywhere else they would vouch for
+nothing; its reply is handed back, not raised. A server that lost its
 scripts answers NOSCRIPT (nothing ran): the scripts are loaded and only those
 commands are sent again. Errors are streamq errors (``connection.translated``).
 """
@@ -116,8 +119,32 @@ class Transport:
                         raise _error(item, url)
         return replies
 
-    def send(self, batches: Iterable[list[bytes]], answered: list[bool] | None = None
-             ) -> None:
+    def run_durable(self, commands: list[bytes], wait: bytes) -> Any:
+        """``run`` of a write followed by ``wait`` in the same write; returns the wait's
+        reply (an exception value when the server refused it), after raising the first
+        error of the write itself. A script the server had lost (NOSCRIPT: it did not
+        run) is sent again with the wait behind it, so the wait covers it too."""
+        url = self.connection.url
+        with translated(url), self.connection.own() as conn:
+            replies: list[Any] = _with_retry(conn, lambda: _send_read(conn, [*commands, wait]))
+            missing = [i for i, r in enumerate(replies[:-1])
+                       if isinstance(r, redis.exceptions.NoScriptError)]
+            if missing:
+                self.load_scripts()
+                again = [commands[i] for i in missing]
+                more = _with_retry(conn, lambda: _send_read(conn, [*again, wait]))
+                for i, r in zip(missing, more, strict=False):
+                    replies[i] = r
+                replies[-1] = more[-1]
+        for r in replies[:-1]:
+            if type(r) is list and r and r[0].__class__ is not list:  # an EXEC's replies
+                r = next((item for item in r if isinstance(item, Exception)), r)
+            if isinstance(r, Exception):
+                raise _error(r, url)
+        return replies[-1]
+
+    def send(self, batches: Iterable[list[bytes]], answered: list[bool] | None = None,
+             wait: bytes | None = None) -> Any:
         """Send batches of packed commands on one connection, in order.
 
         Batches are packed lazily and streamed: the next is packed and sent while
@@ -130,16 +157,19 @@ class Transport:
         ``answered`` (when given) receives one value per batch taken from ``batches``,
         also when this raises: True when every reply of that batch was a success (it
         was written for sure), False when one was an error or never came (it may or
-        may not have been). Batches beyond those were not sent."""
+        may not have been). Batches beyond those were not sent.
+
+        ``wait`` (a durable write) follows the last batch on the same connection, and
+        its reply is returned (None when an error stopped the stream first)."""
         url = self.connection.url
-        stream = _CommandStream(batches)
+        stream = _CommandStream(batches, wait)
         try:
             with translated(url):
                 with self.connection.own() as conn:
                     stream.run(conn)
                 if stream.noscript:  # their scripts only, in order, once loaded
                     self.load_scripts()
-                    again = _CommandStream(stream.noscript.values())
+                    again = _CommandStream(stream.noscript.values(), wait)
                     stream.again = again
                     with self.connection.own() as conn:
                         again.run(conn)
@@ -149,6 +179,8 @@ class Transport:
                 answered += stream.outcomes()
         if stream.error is not None:
             raise _error(stream.error, url)
+        # After a resend the first stream's wait preceded the resent scripts.
+        return stream.again.waited if stream.again is not None else stream.waited
 
 
 def _error(reply: Exception, url: str) -> Exception:
@@ -180,10 +212,14 @@ def _send_read(conn: Any, commands: list[bytes]) -> list[Any]:
 class _CommandStream:
     """The send/read loop of ``Transport.send``; resumable after a reconnect."""
 
-    __slots__ = ("source", "unanswered", "error", "noscript", "answered", "again")
+    __slots__ = ("source", "unanswered", "error", "noscript", "answered", "again", "wait",
+                 "waited")
 
-    def __init__(self, batches: Iterable[list[bytes]]) -> None:
+    def __init__(self, batches: Iterable[list[bytes]], wait: bytes | None = None) -> None:
         self.source = iter(batches)
+        self.wait = wait
+        self.waited: Any = None
+        """The reply of ``wait``, once read."""
         self.unanswered: deque[list[bytes]] = deque()
         self.error: Exception | None = None
         self.noscript: dict[int, list[bytes]] = {}
@@ -218,8 +254,16 @@ class _CommandStream:
             conn.send_packed_command([b"".join(commands)], check_health=False)
             if len(self.unanswered) > 1:
                 self._read(conn)
+        wait = self.wait if self.error is None else None
+        if wait is not None:  # behind the last batch, before its replies are read
+            conn.send_packed_command([wait], check_health=False)
         while self.unanswered:
             self._read(conn)
+        if wait is not None:
+            try:
+                self.waited = conn.read_response()
+            except redis.ResponseError as exc:
+                self.waited = exc
 
     def _read(self, conn: Any) -> None:
         ok = True
