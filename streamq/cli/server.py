@@ -90,6 +90,12 @@ def _start_cluster(primaries: int) -> None:
         slots = f"{node.first_slot}-{node.last_slot}"
         click.echo(f"  node {node.index}  {node.address}  slots {slots:<11}  "
                    f"pid {node.pid or '?':<7}  bus port {node.bus_port}")
+    # Unlike the embedded server, the nodes must reach each other over TCP. On stderr:
+    # stdout is the URL and the nodes, for scripts.
+    host = cluster.nodes[0].address.rpartition(":")[0]
+    click.echo(f"streamq: the cluster listens on TCP ports of {host} (loopback, one per node "
+               "plus its bus port), not only on unix sockets: any user or process of this "
+               "machine can connect to it, with no password", err=True)
 
 
 @click.command()
@@ -114,7 +120,7 @@ def server(stop: bool, all_: bool, list_: bool, as_json: bool, primaries: int | 
 
     \b
     Example:
-      streamq server             # state in .streamq/ of the project, unix socket, AOF on
+      streamq server             # state in .streamq/ (0700), unix socket only (0600), AOF on
       streamq server --cluster 3 # a 3-primary cluster, in the background
       streamq server --list      # every embedded server running on this machine (yours)
       streamq server --stop      # stop this project's server and cluster (the data stays)

@@ -11,9 +11,10 @@ nearest directory holding ``.streamq/``, ``pyproject.toml`` or ``.git`` (else th
 working directory itself; see ``projects.py``), so every process started anywhere in
 a project reaches the same server. Each process says once which server it uses.
 
-Only its user may reach it: ``.streamq/`` is 0700 and the server runs under umask
-077, a socket too long for ``.streamq/`` goes into a 0700 per-user temp dir, and a
-socket, or a directory it is in, that another user could have put there is refused.
+Only its user may reach it: it has no TCP port (``port 0``), ``.streamq/`` is 0700
+(tightened, and said so, if it was wider), its socket 0600, and the server runs under
+umask 077; a socket too long for ``.streamq/`` goes into a 0700 per-user temp dir, and
+a socket, file or directory that another user could have put there is refused.
 """
 
 from __future__ import annotations
@@ -146,7 +147,9 @@ def _spawn(project: Path, *, daemonize: bool) -> tuple[subprocess.Popen[bytes], 
     private.write_private(
         conf,
         "# Written by streamq at every start of the embedded server; edits are lost.\n"
-        f"port 0\nunixsocket {_q(sock)}\nunixsocketperm 700\ndir {_q(state)}\n"
+        # No TCP at all (port 0); bind only matters if someone sets a port at run time.
+        f"port 0\nbind 127.0.0.1 -::1\nprotected-mode yes\nunixsocket {_q(sock)}\n"
+        f"unixsocketperm 600\ndir {_q(state)}\n"
         f"pidfile {_q(state / 'valkey.pid')}\nlogfile {_q(log_file)}\n"
         f"daemonize {'yes' if daemonize else 'no'}\nappendonly yes\nappendfsync everysec\n"
         'save ""\nmaxmemory-policy noeviction\n',
@@ -177,15 +180,6 @@ def _where(project: Path, sock: Path, tail: str) -> str:
     version = private.info(sock).get("valkey_version", "?")
     return (f"embedded Valkey {version} server of {project} at {_url(sock)} "
             f"(state in {state}, AOF on; {tail})")
-
-
-def _say(line: str) -> None:
-    """Where a process says which server it uses: a log line once logging is set up
-    (a worker's, in its format), else stderr; never stdout, which may be ``--json``."""
-    if logging.getLogger().handlers:
-        log.info("%s", line.removeprefix("streamq: "))
-    else:
-        print(line, file=sys.stderr, flush=True)
 
 
 def _ensure(project: Path) -> tuple[Path, bool]:
@@ -245,6 +239,7 @@ def resolve_embedded(project_dir: PathArg = None, *,
     it cannot be started.
     """
     project = projects.project_dir(project_dir)
+    private.private_dir(project / STATE_DIR, create=False)  # tightened before it is read
     sock = _socket_path(project)
     started = False
     if not private.answers(sock):
@@ -255,7 +250,7 @@ def resolve_embedded(project_dir: PathArg = None, *,
             sock, started = _ensure(project)
     url = _url(sock)
     _resolved[url] = project
-    say = announce or _say
+    say = announce or private.say
     if started:
         say("streamq: started the " + _where(project, sock, "stop it with: streamq server --stop"))
     elif url not in _announced:
@@ -340,6 +335,7 @@ def run_server_foreground(project_dir: PathArg = None) -> int:
     try:
         tail = f"log in {log_file}; Ctrl-C stops it"
         print("streamq: running the " + _where(project, sock, tail), flush=True)
+        print(f"streamq: {private.unix_only(sock)}", flush=True)
         code = proc.wait()
     finally:
         for sig, handler in previous.items():

@@ -9,27 +9,36 @@ have put there is refused: their server would receive our tasks' arguments.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import pwd
 import socket
 import stat
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
 from ..base.errors import EmbeddedServerError
 
+log = logging.getLogger(__name__)
 
-def refused(path: Path, problem: str) -> EmbeddedServerError:
+
+def refused(path: Path, problem: str,
+            risk: str = "another user could be listening there") -> EmbeddedServerError:
     return EmbeddedServerError(
-        f"refusing {path}: it {problem}, so another user could be listening there; "
+        f"refusing {path}: it {problem}, so {risk}; "
         "remove it, or set STREAMQ_URL to use another server"
     )
 
 
 def private_dir(path: Path, *, create: bool) -> bool:
-    """Whether ``path`` exists as a directory that only this user can write to; else raise.
+    """Whether ``path`` exists as a directory that only this user can reach; else raise.
 
-    With ``create``, for the directories streamq names: make it 0700 if missing, and
-    tighten an existing one of ours that others can read (``.streamq/`` from before).
+    With ``create``, make it 0700 if missing. Only the directories streamq names come
+    here, so one of ours with a wider mode (``.streamq/`` made under a permissive
+    umask, or by an older streamq) is tightened to 0700, once, and said so. If others
+    could write to it, it is tightened first and then refused if it holds anything of
+    theirs: closing it first means nothing can be added while we look.
     """
     if create:
         with contextlib.suppress(FileExistsError):
@@ -42,11 +51,38 @@ def private_dir(path: Path, *, create: bool) -> bool:
         raise refused(path, "is a symlink or not a directory")
     if st.st_uid != os.getuid():
         raise refused(path, f"belongs to uid {st.st_uid}, not to you (uid {os.getuid()})")
-    if st.st_mode & 0o022:
-        raise refused(path, f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})")
-    if create and st.st_mode & 0o077:
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
         os.chmod(path, 0o700)
+        if mode & 0o022:
+            foreign = _foreign_entry(path)
+            if foreign is not None:
+                raise refused(foreign[0], f"belongs to uid {foreign[1]} and was put in "
+                              f"{path} while it was writable by other users",
+                              "another user may read or change the server's state")
+        say(f"streamq: {path} was mode {mode:o}, open to other users; made it 0700")
     return True
+
+
+def _foreign_entry(top: Path) -> tuple[Path, int] | None:
+    """The first file or directory under ``top`` (not following symlinks) that is not
+    this user's, with its owner."""
+    for root, dirs, files in os.walk(top):
+        for name in (*dirs, *files):
+            owner = os.lstat(os.path.join(root, name)).st_uid
+            if owner != os.getuid():
+                return Path(root, name), owner
+    return None
+
+
+def say(line: str) -> None:
+    """Where a process says what it did to the embedded server: a log line once logging
+    is set up (a worker's, in its format), else stderr; never stdout, which may be
+    ``--json``."""
+    if logging.getLogger().handlers:
+        log.info("%s", line.removeprefix("streamq: "))
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def usable(sock: Path) -> bool:
@@ -70,7 +106,17 @@ def usable(sock: Path) -> bool:
 
 def open_private(path: Path, *, append: bool = False) -> int:
     """Open ``path`` for writing, 0600 even if it existed with looser permissions."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:  # ELOOP: a symlink, which could point anywhere
+        raise refused(path, f"cannot be opened as a file of yours ({exc.strerror})",
+                      "it may lead to another user's file") from None
+    owner = os.fstat(fd).st_uid
+    if owner != os.getuid():
+        os.close(fd)
+        raise refused(path, f"belongs to uid {owner}, not to you",
+                      "another user may read what streamq writes there")
     os.fchmod(fd, 0o600)
     return fd
 
@@ -78,6 +124,16 @@ def open_private(path: Path, *, append: bool = False) -> int:
 def write_private(path: Path, text: str) -> None:
     with open(open_private(path), "w") as out:
         out.write(text)
+
+
+def unix_only(sock: Path) -> str:
+    """What to tell a person about who can reach a server on ``sock`` and nothing else."""
+    try:
+        user = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
+    except KeyError:  # a uid with no passwd entry (a container)
+        user = f"uid {os.getuid()}"
+    return (f"it listens on the unix socket {sock} only, no TCP port; the socket is 0600 "
+            f"in a 0700 directory, so only {user} can connect")
 
 
 def url_of(sock: Path) -> str:

@@ -98,10 +98,14 @@ def record_server(project: Path, sock: Path, pid: int, url: str | None = None) -
     ``sock`` (a local cluster: its ``redis+cluster://`` URL; ``sock`` is a node's)."""
     doc = {"project": str(project), "socket": str(sock), "url": url or private.url_of(sock),
            "pid": pid, "started": time.time()}
-    with contextlib.suppress(*_NO_CACHE):
+    with contextlib.suppress(*_NO_CACHE, EmbeddedServerError):
         path = _entry(project, pid)
-        path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.parent.mkdir(mode=0o700, exist_ok=True)
+        # Missing ancestors (~/.cache) 0700 too: mkdir(parents=True) would follow the umask.
+        for ancestor in reversed(path.parent.parents):
+            if not os.path.isdir(ancestor):
+                os.mkdir(ancestor, 0o700)
+        private.private_dir(path.parent.parent, create=True)
+        private.private_dir(path.parent, create=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         private.write_private(tmp, json.dumps(doc) + "\n")
         os.replace(tmp, path)
