@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import threading
 from collections.abc import Iterator
 from typing import Any, cast
@@ -25,7 +26,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry as _RedisRetry
 
 from ..base.errors import BrokerConnectionError, BrokerError, ConfigurationError, StreamQError
-from ..base.settings import Settings, mask_url, scrub
+from ..base.settings import Settings, mask_url, scrub, validate_url
 
 # redis-py turns these replies into classes and drops their code from the text.
 _CODES: dict[type[BaseException], str] = {
@@ -36,6 +37,9 @@ _CODES: dict[type[BaseException], str] = {
     redis.exceptions.ClusterCrossSlotError: "CROSSSLOT",
 }
 
+_TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+"""URL parameters that name a file (a directory for ``ssl_ca_path``)."""
+
 TRANSIENT = frozenset({"OOM", "BUSY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"})
 """Reply codes that say "not now": back off and try again, never give up a process."""
 
@@ -44,6 +48,10 @@ def translate(exc: BaseException, url: str | None) -> StreamQError | None:
     """The streamq error for a redis-py one (None for anything else)."""
     if isinstance(exc, redis.AuthenticationError):
         return BrokerConnectionError(f"authentication failed at {mask_url(url)}: {exc}")
+    if isinstance(exc, redis.ConnectionError) and (url or "").lower().startswith("rediss:"):
+        tls = _tls_failure(exc)
+        if tls:
+            return BrokerConnectionError(f"TLS connection to {_where(url)} failed: {tls}")
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return BrokerConnectionError(
             f"cannot reach the Redis server at {mask_url(url)}: {exc}; "
@@ -51,10 +59,55 @@ def translate(exc: BaseException, url: str | None) -> StreamQError | None:
     if isinstance(exc, redis.ResponseError):
         text = str(exc)
         code = _CODES.get(type(exc)) or (text.split(" ", 1)[0] if text[:1].isupper() else "")
+        if code == "NOPERM":
+            return BrokerError(
+                f"the server at {mask_url(url)} refused this for the URL's user (ACL): "
+                f"{text}; give the user the rule in the README's \"Security and "
+                f"durability\" section", code)
         return BrokerError(f"the server at {mask_url(url)} answered: {text}", code)
     if isinstance(exc, redis.RedisError):
         return BrokerError(f"error talking to the server at {mask_url(url)}: {exc}")
     return None
+
+
+def _where(url: str | None) -> str:
+    """The masked URL without its query (a TLS URL's file paths make a long line)."""
+    return mask_url(url).split("?", 1)[0]
+
+
+def _tls_failure(exc: BaseException) -> str:
+    """What went wrong in a TLS handshake, with what to do; "" if ``exc`` is not that.
+    redis-py raises ConnectionError inside ``except OSError``, so the SSL error is its
+    context; a server that rejects a client sends EOF instead of an alert."""
+    cause = exc.__context__
+    text = str(cause if cause is not None else exc)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        if "match" in text.lower():
+            return (f"{cause.verify_message}: connect by a name or address the "
+                    f"server's certificate lists")
+        return (f"the server's certificate is not trusted ({cause.verify_message}): "
+                f"ssl_ca_certs must name the CA that signed it")
+    if isinstance(cause, ssl.SSLError) or "EOF occurred in violation" in text:
+        return (f"{getattr(cause, 'reason', None) or text.strip('. ')}; does the server "
+                f"require a client certificate (ssl_certfile and ssl_keyfile), or speak "
+                f"TLS on that port at all?")
+    return ""
+
+
+def check_tls_files(url: str, options: dict[str, Any]) -> None:
+    """A missing or unreadable certificate, key or CA file named in ``url`` as a
+    ``BrokerConnectionError`` naming its parameter (redis-py says only "No such file
+    or directory", and only after its retries)."""
+    for name in _TLS_FILES:
+        path = options.get(name)
+        if path is None:
+            continue
+        ok = os.path.isdir(path) if name == "ssl_ca_path" else os.path.isfile(path)
+        if not ok or not os.access(path, os.R_OK):
+            shown = path if os.path.isabs(path) else f"{path} (from {os.getcwd()})"
+            raise BrokerConnectionError(
+                f"cannot use {name}={shown} of {_where(url)}: "
+                f"{'no such file' if not os.path.exists(path) else 'not readable'}")
 
 
 class translated:  # noqa: N801 - a context manager used like a function
@@ -122,6 +175,7 @@ def resolve_url(settings: Settings) -> str:
 
 def make_client(url: str, settings: Settings, *, blocking: bool = False) -> Client:
     timeout = settings.socket_timeout_s + (settings.block_ms / 1000.0 if blocking else 0.0)
+    validate_url(url)  # the embedded server's URL has not been through Settings
     try:
         # redis-py annotates from_url as returning Redis, but it builds a cls.
         client = cast(Client, Client.from_url(
@@ -137,6 +191,7 @@ def make_client(url: str, settings: Settings, *, blocking: bool = False) -> Clie
             f"invalid server URL {mask_url(url)!r}: {scrub(str(exc), url)} (percent-encode "
             f"'/', '#', '?' and '@' in a password, e.g. '/' as %2F)") from None
     client.streamq_url = url
+    check_tls_files(url, client.connection_pool.connection_kwargs)
     return client
 
 
