@@ -28,8 +28,8 @@ class TaskApp(Protocol):
     @property
     def settings(self) -> Settings: ...
 
-    def enqueue(self, prepared: Sequence[tuple[Message, int | None]], *, many: bool = False
-                ) -> list[AsyncResult]: ...
+    def enqueue(self, prepared: Sequence[tuple[Message, int | None]], *, many: bool = False,
+                durable: bool | None = None) -> list[AsyncResult]: ...
 
     def value_limit(self) -> int: ...
 
@@ -52,7 +52,10 @@ class TaskOptions:
     retry_backoff_max: float = 600.0
     autoretry_for: tuple[type[BaseException], ...] = (Exception,)
     timeout: float | None = None
-    """Hard limit in seconds: the process running the task is killed and replaced."""
+    """Hard limit in seconds: the process running the task is killed and replaced (the
+    other tasks it runs in threads go back to the queue uncharged)."""
+    soft_timeout: float | None = None
+    """Seconds after which ``SoftTimeLimitExceeded`` is raised inside the task."""
     max_deliveries: int = 5
     """Deliveries without an acknowledgement before the message goes to dead letters."""
 
@@ -62,8 +65,13 @@ class TaskOptions:
                                   ("max_deliveries", self.max_deliveries, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"timeout must be positive seconds, got {self.timeout!r}")
+        for label, limit in (("timeout", self.timeout), ("soft_timeout", self.soft_timeout)):
+            if limit is not None and not limit > 0:
+                raise ValueError(f"{label} must be positive seconds, got {limit!r}")
+        if self.timeout and self.soft_timeout and self.soft_timeout >= self.timeout:
+            raise ValueError(f"soft_timeout ({self.soft_timeout:g}s) must be shorter than "
+                             f"timeout ({self.timeout:g}s): the soft limit lets the task "
+                             f"clean up before the hard one kills its process")
         if self.retry_backoff < 0 or self.retry_backoff_max < 0:
             raise ValueError("retry_backoff and retry_backoff_max must be >= 0 seconds")
 
@@ -168,12 +176,15 @@ class Task(Generic[P, R]):
         eta: datetime | None = None,
         queue: str | None = None,
         task_id: str | None = None,
+        durable: bool | None = None,
     ) -> AsyncResult:
         """Enqueue with options: ``countdown`` seconds or a timezone-aware ``eta``,
-        another ``queue``, or a chosen ``task_id``."""
+        another ``queue``, or a chosen ``task_id``. ``durable=True`` returns only once
+        the server has the write on disk (None: the app's ``durable`` setting); see
+        ``StreamQ.enqueue`` and ``NotDurableError``."""
         message, due = self.prepare(tuple(args), dict(kwargs or {}), countdown=countdown,
                                     eta=eta, queue=queue, task_id=task_id)
-        return self.app.enqueue([(message, due)])[0]
+        return self.app.enqueue([(message, due)], durable=durable)[0]
 
     def map(self, iterable: Iterable[Any]) -> list[AsyncResult]:
         """Enqueue one call per item, in pipelined batches. A tuple item is the

@@ -302,6 +302,13 @@ def _imported_class(exc_type: str) -> type[Exception] | None:
     return None
 
 
+class SoftTimeLimitExceeded(StreamQError):  # noqa: N818 - Celery's name
+    """Raised inside a task that ran past its ``soft_timeout``, so that it can clean up
+    (Celery's name). Uncaught, it is the task's error like any other (retried by
+    ``autoretry_for``). In a task thread it arrives when the task next runs Python
+    code: a blocking call in C (a socket read without a timeout) finishes first."""
+
+
 class TaskSignal(Exception):  # noqa: N818 - control flow, not an error
     """Base of control-flow signals a task raises; these are not errors."""
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from .errors import ConfigurationError
 
@@ -43,12 +44,51 @@ def scrub(text: str, url: str | None) -> str:
     return text
 
 
+# The query parameters streamq passes on to redis-py (anything else is refused: redis-py
+# would hand an unknown one to the connection class, which fails with a TypeError on
+# first use, and its own socket options would override the timeouts streamq sets).
+_TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+_TLS_PARAMS = (*_TLS_FILES, "ssl_cert_reqs", "ssl_check_hostname", "ssl_password",
+               "ssl_ciphers")
+_URL_PARAMS = ("db", "client_name", *_TLS_PARAMS)
+_CERT_REQS = ("none", "optional", "required")
+_BOOLEANS = ("true", "false", "yes", "no", "1", "0")
+
+
 def validate_url(url: str) -> str:
+    """``url`` if streamq can use it, else a ``ConfigurationError`` saying what is wrong:
+    the scheme, and the query parameters (``db``, ``client_name`` and, with
+    ``rediss://``, the TLS options of ``_TLS_PARAMS``). Files are checked when a
+    connection is made, in the process that makes it."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in _SCHEMES:
         raise ConfigurationError(
             f"invalid server URL {mask_url(url)!r}: expected redis://, rediss:// or unix://"
         )
+    # Split by hand, after any password: a password may hold '?' (see mask_url).
+    found = _PASSWORD.match(url)
+    tail = url[found.end():] if found else url
+    query = tail.split("?", 1)[1].split("#", 1)[0] if "?" in tail else ""
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        where = f"in server URL {mask_url(url)!r}"
+        if name not in _URL_PARAMS:
+            raise ConfigurationError(
+                f"unknown parameter {name!r} {where}; streamq reads {', '.join(_URL_PARAMS)}"
+                f" (timeouts are settings: socket_timeout_s, connect_timeout_s)")
+        if len(values) > 1 or not values[0]:
+            raise ConfigurationError(f"parameter {name!r} {where} needs exactly one value")
+        value = values[0]
+        if name in _TLS_PARAMS and scheme != "rediss":
+            raise ConfigurationError(
+                f"{name} {where} is a TLS option: use a rediss:// URL for TLS")
+        if name == "ssl_cert_reqs" and value not in _CERT_REQS:
+            raise ConfigurationError(
+                f"ssl_cert_reqs={value!r} {where}: expected one of {', '.join(_CERT_REQS)}")
+        if name == "ssl_check_hostname" and value.lower() not in _BOOLEANS:
+            raise ConfigurationError(
+                f"ssl_check_hostname={value!r} {where}: expected true or false")
+        if name == "db" and not value.isdigit():
+            raise ConfigurationError(f"db={value!r} {where}: expected a number")
     return url
 
 
@@ -91,6 +131,8 @@ class Settings:
     max_memory_per_child: int = 0
     """A worker process whose resident memory grew above this many MB (MiB) is
     replaced after its current task (0: never). Celery's is in KiB."""
+    threads: int = 1
+    """Tasks each worker process runs at once, in threads (``--threads``)."""
     signing_key: str | bytes | tuple[str | bytes, ...] | None = field(default=None,
                                                                        repr=False)
     """HMAC-SHA256 key(s) (``STREAMQ_SIGNING_KEY``, comma-separated): messages are
@@ -130,6 +172,9 @@ class Settings:
             raise ConfigurationError(
                 f"max_tasks_per_child and max_memory_per_child must be 0 (no limit) or "
                 f"more, got {self.max_tasks_per_child} and {self.max_memory_per_child}")
+        if not 1 <= self.threads <= 1024:
+            raise ConfigurationError(f"threads must be 1 to 1024 per process, got "
+                                     f"{self.threads}")
         if self.max_message_bytes < 0 or self.max_result_bytes < 0:
             raise ConfigurationError(
                 f"max_message_bytes and max_result_bytes must be 0 (no limit) or more "
@@ -211,7 +256,7 @@ _boolean.__name__ = "boolean (1/0, true/false)"
 _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "url": str, "namespace": str, "claim_after_s": float, "grace_s": float,
     "heartbeat_s": float, "prefetch": int, "max_tasks_per_child": int,
-    "max_memory_per_child": int, "signing_key": lambda raw: tuple(
+    "max_memory_per_child": int, "threads": int, "signing_key": lambda raw: tuple(
         k.strip() for k in raw.split(",") if k.strip()),
     "max_message_bytes": int, "max_result_bytes": int, "durable": _boolean,
     "durable_replicas": int, "durable_timeout_s": float,

@@ -27,6 +27,9 @@ log = logging.getLogger("streamq.cli")
               help="Queues to consume (default: every queue the tasks use).")
 @click.option("-c", "--concurrency", type=click.IntRange(1, 512), default=None,
               help="Worker processes (default: CPU count).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, metavar="N",
+              help="Tasks each process runs at once, in threads ($STREAMQ_THREADS; "
+                   "default 1).")
 @click.option("--prefetch", type=click.IntRange(1, 10000), default=None,
               help="Most messages one process reads at once (default 100).")
 @click.option("--grace", type=click.FloatRange(0), default=None,
@@ -51,7 +54,7 @@ log = logging.getLogger("streamq.cli")
 @click.option("--log-format", default="plain", show_default=True,
               type=click.Choice(["plain", "json"]))
 def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, queues: str | None,
-           concurrency: int | None, prefetch: int | None, grace: float | None,
+           concurrency: int | None, threads: int | None, prefetch: int | None, grace: float | None,
            claim_after: float | None, heartbeat: float | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
            metrics_port: int | None, reload: bool, log_level: str, log_format: str) -> None:
@@ -82,7 +85,7 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
     app.configure(url=resolved, namespace=namespace, claim_after_s=claim_after,
                   heartbeat_s=heartbeat, grace_s=grace,
                   max_tasks_per_child=max_tasks_per_child,
-                  max_memory_per_child=max_memory_per_child)
+                  max_memory_per_child=max_memory_per_child, threads=threads)
     qs = [q.strip() for q in queues.split(",") if q.strip()] if queues else \
         sorted({t.options.queue for t in app.registry.values()} | {app.settings.default_queue})
     n = concurrency or os.cpu_count() or 1
@@ -90,8 +93,9 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
     if policy and policy != "noeviction":
         log.warning("The server's maxmemory-policy is %s: under memory pressure it may evict "
                     "queue keys and lose tasks. Set maxmemory-policy noeviction.", policy)
-    log.info("streamq worker starting: url=%s queues=%s concurrency=%d tasks=[%s]",
-             mask_url(resolved), ",".join(qs), n, ", ".join(sorted(app.registry)))
+    log.info("streamq worker starting: url=%s queues=%s concurrency=%d threads=%d "
+             "tasks=[%s]", mask_url(resolved), ",".join(qs), n, app.settings.threads,
+             ", ".join(sorted(app.registry)))
     # Before any fork: worker processes write their metric files there.
     metrics_dir = metrics.prepare_multiprocess_dir() if metrics_port is not None else None
     sup = Supervisor(app, qs, n, prefetch=prefetch, grace_s=grace, reload_dirs=reload_dirs)

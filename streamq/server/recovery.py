@@ -50,18 +50,20 @@ class Recovery:
             self.broker.recreate_groups([queue])
             return []
 
-    def own(self, queue: str, charge: str | None = None) -> list[Delivery]:
-        """Entries still pending under this consumer's name. Only ``charge`` (the one a
-        crashed predecessor was working on) counts one more delivery: the others
-        never started, and charging them would send a whole prefetched batch to dead
-        letters after a few fast crashes."""
+    def own(self, queue: str, charge: set[str] | None = None) -> list[Delivery]:
+        """Entries still pending under this consumer's name. Only those in ``charge``
+        (the ones a crashed predecessor was working on) count one more delivery: the
+        others never started, and charging them would send a whole prefetched batch
+        to dead letters after a few fast crashes."""
+        charge = charge or set()
         stream = self._stream(queue)
         # Any: redis-py types every value of an entry as bytes | str | int.
         pending: list[dict[str, Any]] = self.client.xpending_range(
             stream, keys.GROUP, "-", "+", 1000, consumername=self.consumer)
         ids = [as_str(p["message_id"]) for p in pending]
-        charged = self._claim(queue, [charge], 0) if charge in ids and charge else []
-        rest = [i for i in ids if i != charge]
+        suspects = [i for i in ids if i in charge]
+        charged = self._claim(queue, suspects, 0) if suspects else []
+        rest = [i for i in ids if i not in charge]
         if not rest:
             return charged
         # JUSTID leaves the delivery counter alone; the messages are read with XRANGE.

@@ -29,6 +29,7 @@ from .executor import Call, Executor
 from .held import Held, Running
 from .housekeeping import Housekeeping
 from .recycling import Recycling
+from .threaded import Threads
 
 if TYPE_CHECKING:
     from ..api.app import StreamQ
@@ -49,7 +50,7 @@ class Consumer:
                  prefetch: int | None = None, block_ms: int | None = None,
                  limits: LimitSlot | None = None,
                  timed_out: tuple[str, str, float] | None = None,
-                 charge: tuple[str, str] | None = None,
+                 charge: list[tuple[str, str]] | None = None,
                  worker_info: dict[str, Any] | None = None,
                  guard: Callable[[float], None] | None = None,
                  recycling: Recycling | None = None) -> None:
@@ -91,24 +92,30 @@ class Consumer:
         self.recycled: str | None = None
         """Why this process is being replaced (``recycling.py``): it reads no more."""
         self.handed_back = 0
+        self.threads = Threads(self, settings.threads) if settings.threads > 1 else None
+        """Runs tasks in threads (``threaded.py``); None: this loop runs them."""
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, *, housekeeping: bool = True) -> None:
         """Create groups, take back this consumer's own pending entries, start threads."""
         self._ensure_groups()
         for q in self.reading:
-            charge = self.charge[1] if self.charge and self.charge[0] == q else None
+            charge = {e for queue, e in self.charge or () if queue == q}
             got = self.recovery.guarded(q, self.recovery.own, charge)
             if got:
                 log.info("Recovered %d pending message(s) of consumer %s on queue %s.",
                          len(got), self.name, q)
                 self.held.add(got)
+        soft = self.executor.soft_limits
+        if not soft.installed and threading.current_thread() is threading.main_thread() \
+                and any(t.options.soft_timeout for t in self.app.registry.values()):
+            soft.install()
         if housekeeping:
             self._housekeeping = Housekeeping(
                 self.held, self.link, self.writer, self.recovery, self.settings, self.queues,
                 self.name, self.flush,
                 None if self.worker_info is None else (self.worker_id, self.worker_info),
-                lambda: self.stopping, self.guard)
+                lambda: self.stopping, self.guard, soft)
             self._housekeeping.start()
 
     def _ensure_groups(self) -> None:
@@ -143,6 +150,11 @@ class Consumer:
     def stop(self) -> None:
         """Write outcomes, hand back unstarted entries, stop the thread."""
         self.stopping = True
+        if self.threads is not None:
+            # Tasks running in threads finish first (the supervisor kills the process
+            # when its grace runs out; their entries stay pending, to run again).
+            self.threads.wait_idle()
+            self.threads.close()
         if self._housekeeping is not None:
             self._housekeeping.stop()
             self._housekeeping = None
@@ -156,7 +168,7 @@ class Consumer:
     # -- the loop --------------------------------------------------------------------
     def run_once(self, now: float | None = None) -> int:
         """One iteration: fetch if nothing is buffered, then run what is buffered."""
-        if self.recycled is not None:
+        if self.recycled is not None and self.threads is None:
             self._retire()
             return 0
         now = time.monotonic() if now is None else now
@@ -166,6 +178,8 @@ class Consumer:
             if len(self.reading) < len(self.queues):
                 self._ensure_groups()
             self._reclaim()
+        if self.threads is not None:
+            return self.threads.run_once()
         if not held.buffer:
             held.add(self._flush_and_read())
         done = 0
@@ -179,19 +193,7 @@ class Consumer:
                 # A redelivered entry may be the one that killed this process's
                 # predecessor: write what is done first, so that it is not run again.
                 self.flush()
-            if self.limits is not None:
-                self.limits.current(d.queue, d.entry_id)
-            timed_out = None
-            if self.timed_out and (d.queue, d.entry_id) == self.timed_out[:2]:
-                timed_out, self.timed_out = self.timed_out[2], None
-            prepared = self.executor.prepare(d, timed_out=timed_out)
-            if isinstance(prepared, Call):
-                outcome = self._run(prepared)
-            else:
-                outcome = prepared
-                self._emit(outcome, None)
-                if self.limits is not None:
-                    self.limits.finish()
+            outcome = self.handle(d)
             done += 1
             if held.decided(outcome) >= _FLUSH_SIZE:
                 self.flush()
@@ -206,6 +208,21 @@ class Consumer:
         # trip per batch; a long task's are flushed by the housekeeping thread.
         self.processed += done
         return done
+
+    def handle(self, d: Delivery) -> Outcome:
+        """Decide and run one delivery here, in this thread."""
+        if self.limits is not None:
+            self.limits.current(d.queue, d.entry_id)
+        timed_out = None
+        if self.timed_out and (d.queue, d.entry_id) == self.timed_out[:2]:
+            timed_out, self.timed_out = self.timed_out[2], None
+        prepared = self.executor.prepare(d, timed_out=timed_out)
+        if isinstance(prepared, Call):
+            return self._run(prepared)
+        self._emit(prepared, None)
+        if self.limits is not None:
+            self.limits.finish()
+        return prepared
 
     def _run(self, call: Call) -> Outcome:
         d, msg = call.delivery, call.message
@@ -254,7 +271,8 @@ class Consumer:
         self.hooks.emit(event, data)
 
     # -- writing ---------------------------------------------------------------------
-    def _flush_and_read(self) -> list[Delivery]:
+    def _flush_and_read(self, count: int | None = None, block_ms: int | None = -1
+                        ) -> list[Delivery]:
         """Write held outcomes and read the next batch in one round trip.
 
         The read blocks (returning at once when entries are waiting), and the writes
@@ -267,9 +285,10 @@ class Consumer:
                     self.link.transport.run(pipe)
                 time.sleep(self.block_ms / 1000)
                 return []
-            count = self.recycling.read_cap(self.processed, self.batch.count())
-            return self.broker.read(self.name, self.reading, count, self.block_ms,
-                                    pipe=pipe)
+            if count is None:
+                count = self.recycling.read_cap(self.processed, self.batch.count())
+            return self.broker.read(self.name, self.reading, count,
+                                    self.block_ms if block_ms == -1 else block_ms, pipe=pipe)
         except Exception:
             self.held.restore_outcomes(outcomes)
             raise

@@ -31,12 +31,13 @@ from typing import Any, NamedTuple
 from ..api.app import DEFAULT_VALUE_LIMIT, MIN_SERVER_LIMIT
 from ..api.task import Task, TaskContext, TaskOptions, running_as
 from ..base.backoff import compute_backoff
-from ..base.errors import EncodeError, Reject, Retry
+from ..base.errors import EncodeError, Reject, Retry, SoftTimeLimitExceeded
 from ..data import record, serialization
 from ..data.message import Message, now_ms, peek_ids, short_repr
 from ..data.outcome import Dead, Delivery, Failed, Gone, Outcome, Retried, Succeeded
 from ..data.serialization import ContentTypeNotAcceptedError
 from ..data.signing import OVERHEAD, BadSignature, Signer
+from .softlimits import SoftLimits, checkpoint
 from .texts import format_traceback, one_line, shape_of, size_over, text_of, type_name
 
 
@@ -63,6 +64,9 @@ class Executor:
         self.consumer = consumer
         self.ttl_s = result_ttl_s
         self.most_deliveries = self._most_deliveries()
+        self.soft_limits = SoftLimits()
+        """Raises ``SoftTimeLimitExceeded`` in tasks past their ``soft_timeout`` (its
+        ``fire`` is called by the housekeeping thread)."""
         self.signer = signer
         """Verifies each entry before anything of it is decoded, signs what is written
         back (retries, hand-backs); None: signing is off."""
@@ -203,11 +207,25 @@ class Executor:
         d, msg, task = call.delivery, call.message, call.task
         started_ms = now_ms()
         t0 = time.perf_counter()
+        soft = task.options.soft_timeout
         try:
             with running_as(TaskContext(msg.id, msg.task, msg.queue, msg.retries,
                                         d.deliveries)):
-                value = task.fn(*call.args, **call.kwargs)
+                if soft is None:
+                    value = task.fn(*call.args, **call.kwargs)
+                else:
+                    self.soft_limits.arm(soft)
+                    try:
+                        value = task.fn(*call.args, **call.kwargs)
+                    finally:
+                        # Inside the try: what arrives while the call winds up is the
+                        # task's error too, never the executor's.
+                        self.soft_limits.disarm()
+                        checkpoint()
         except Exception as exc:
+            if isinstance(exc, SoftTimeLimitExceeded) and not exc.args:
+                exc = SoftTimeLimitExceeded(f"the task ran past its soft time limit of "
+                                            f"{soft:g}s")
             try:
                 return self._raised(d, msg, task, exc, started_ms)
             except Exception as inner:  # its outcome could not be built

@@ -13,16 +13,19 @@ from ..data.outcome import Delivery, Outcome
 
 
 class Running(NamedTuple):
-    """The task whose function is being called now."""
+    """A task whose function is being called now."""
 
     delivery: Delivery
     task_id: str
     since: float
+    timeout: float = 0.0
+    """Its hard limit in seconds (0: none); with threads, the supervisor kills the
+    process at the earliest of them."""
 
 
 class Held:
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entered by the task threads' bookkeeping
         self.buffer: deque[Delivery] = deque()
         self.outcomes: list[Outcome] = []
         self.outcomes_since = 0.0
@@ -30,6 +33,11 @@ class Held:
         """Taken from the buffer and not finished (prepared, running or deciding)."""
         self.current_since = 0.0
         self.running: Running | None = None
+        """The task the loop itself runs (one at a time)."""
+        self.active: dict[tuple[str, str], Running] = {}
+        """Tasks running in threads, by (queue, entry id)."""
+        self.changed = threading.Condition(self.lock)
+        """Notified when a task thread finishes."""
         self.reads = 0
         """Batches added (reads and recoveries, empty ones too): the heartbeat tells
         from it whether this process read its queues since the last one."""
@@ -49,6 +57,23 @@ class Held:
             self.current_since = time.monotonic()
             return d
 
+    def pop(self) -> Delivery | None:
+        """The next buffered delivery (None when empty), current or not."""
+        with self.lock:
+            return self.buffer.popleft() if self.buffer else None
+
+    def make_current(self, d: Delivery) -> None:
+        with self.lock:
+            self.current, self.current_since = d, time.monotonic()
+
+    def add_outcome(self, outcome: Outcome) -> None:
+        """Hold an outcome decided without running a task (the current one is not
+        touched: with threads, it is whichever started last)."""
+        with self.lock:
+            if not self.outcomes:
+                self.outcomes_since = time.monotonic()
+            self.outcomes.append(outcome)
+
     def decided(self, outcome: Outcome) -> int:
         """Hold the current delivery's outcome; returns how many are held."""
         with self.lock:
@@ -57,6 +82,33 @@ class Held:
                 self.outcomes_since = time.monotonic()
             self.outcomes.append(outcome)
             return len(self.outcomes)
+
+    def started(self, r: Running) -> None:
+        """A task starts in a thread (it is the current delivery, for housekeeping:
+        the most recent start tells when the loop last got on)."""
+        with self.lock:
+            self.active[(r.delivery.queue, r.delivery.entry_id)] = r
+            self.current, self.current_since = r.delivery, r.since
+
+    def finished(self, d: Delivery, outcome: Outcome) -> None:
+        """A task thread's outcome; wakes the loop."""
+        with self.lock:
+            self.active.pop((d.queue, d.entry_id), None)
+            if self.current is d:
+                self.current = next(iter(self.active.values())).delivery \
+                    if self.active else None
+            if not self.outcomes:
+                self.outcomes_since = time.monotonic()
+            self.outcomes.append(outcome)
+            self.changed.notify_all()
+
+    def running_tasks(self) -> list[Running]:
+        """Every task being called now (the loop's own and the threads')."""
+        with self.lock:
+            tasks = list(self.active.values())
+            if self.running is not None:
+                tasks.append(self.running)
+        return tasks
 
     def take_outcomes(self) -> list[Outcome]:
         with self.lock:
@@ -82,6 +134,8 @@ class Held:
             items = [o.delivery for o in self.outcomes]
             if self.current is not None:
                 items.append(self.current)
+            items += [r.delivery for r in self.active.values() if r.delivery is not
+                      self.current]
             items += self.buffer
         out: dict[str, list[str]] = {}
         for d in items:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..server.link import ServerLink
 from ..server.recovery import Recovery
 from ..server.writer import OutcomeWriter
 from .held import Held
+from .softlimits import SoftLimits
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ class Housekeeping:
                  recovery: Recovery, settings: Settings, queues: list[str], consumer: str,
                  flush: Callable[[], None], registration: tuple[str, dict[str, Any]] | None,
                  stopping: Callable[[], bool] = lambda: False,
-                 guard: Callable[[float], None] | None = None) -> None:
+                 guard: Callable[[float], None] | None = None,
+                 soft: SoftLimits | None = None) -> None:
         self.held = held
         self.link = link
         self.writer = writer
@@ -54,7 +57,9 @@ class Housekeeping:
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name="streamq-housekeeping")
-        self._marked: str | None = None  # the entry whose task was last marked STARTED
+        self.soft = soft
+        """Soft time limits of the running tasks, fired from here."""
+        self._marked: set[str] = set()  # entries of running tasks marked STARTED
         self._failing: dict[str, int] = {}  # duty -> failures in a row
         self._reads_before = -1  # held.reads at the last heartbeat
 
@@ -73,6 +78,8 @@ class Housekeeping:
                 self._duty(self.guard, now)
             # Each duty on its own: one that fails (a server blip) must not starve the
             # others, least of all the heartbeat that keeps held entries ours.
+            if self.soft is not None:
+                self.soft.fire(now)
             self._duty(self._release_if_stuck, now)
             self._duty(self._mark_started, now)
             self._duty(self._flush_if_stale, now)
@@ -113,8 +120,14 @@ class Housekeeping:
                     now - h.current_since < self.settings.release_after_s
                     and not self.stopping()):
                 return
-            items: list[Outcome] = [Released(d) for d in h.buffer]
-            h.buffer.clear()
+            # A suspect (delivered before: it may have killed a process) keeps its
+            # place: handed back, it would be a new entry with its deliveries reset.
+            stopping = self.stopping()
+            items: list[Outcome] = [Released(d) for d in h.buffer
+                                    if stopping or d.deliveries == 1]
+            if not items:
+                return
+            h.buffer = deque(d for d in h.buffer if not stopping and d.deliveries > 1)
         self.link.transport.run(self.writer.pack(items))
         log.info("Handed back %d prefetched message(s).", len(items))
 
@@ -123,13 +136,18 @@ class Housekeeping:
         # Holding the lock while writing means the final record (held after the
         # consumer clears ``running``) can never be overwritten by STARTED.
         with h.lock:
-            r = h.running
-            if r is None or r.delivery.entry_id == self._marked or \
-                    now - r.since < _STARTED_AFTER_S:
+            running = h.running_tasks()
+            if not running:
+                self._marked.clear()
                 return
-            self._marked = r.delivery.entry_id
-            self.link.records.mark_started(r.delivery.queue, r.task_id, self.consumer,
-                                           r.delivery.deliveries)
+            now_running = {r.delivery.entry_id for r in running}
+            self._marked &= now_running
+            for r in running:
+                if r.delivery.entry_id in self._marked or now - r.since < _STARTED_AFTER_S:
+                    continue
+                self._marked.add(r.delivery.entry_id)
+                self.link.records.mark_started(r.delivery.queue, r.task_id, self.consumer,
+                                               r.delivery.deliveries)
 
     def _flush_if_stale(self, now: float) -> None:
         h = self.held

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 _INFO_BYTES = 512
+_MANY_BYTES = 16384  # the entries of up to a few hundred task threads
 
 
 class LimitSlot:
@@ -19,7 +20,8 @@ class LimitSlot:
     def __init__(self, ctx: Any) -> None:
         self.deadline = ctx.RawValue(ctypes.c_double, 0.0)  # monotonic; 0 = none
         self.timeout = ctx.RawValue(ctypes.c_double, 0.0)
-        self.running = ctx.RawArray(ctypes.c_char, _INFO_BYTES)  # b"queue\nentry id\0"
+        # b"queue\nentry id[\nqueue\nentry id...]\0": the first has the deadline.
+        self.running = ctx.RawArray(ctypes.c_char, _MANY_BYTES)
 
     def current(self, queue: str, entry_id: str) -> None:
         """The process took this entry (before decoding it: a message that kills its
@@ -39,14 +41,39 @@ class LimitSlot:
         self.timeout.value = 0.0
         self.running.value = b""
 
+    def publish(self, running: list[tuple[str, str, float, float]]) -> None:
+        """The tasks running in threads now: (queue, entry id, since, timeout) each.
+        The one that reaches its hard limit first goes first, with its deadline."""
+        timed = [(since + timeout, timeout, q, e) for q, e, since, timeout in running
+                 if timeout]
+        first = min(timed) if timed else None
+        order = ([(first[2], first[3])] if first else []) + [
+            (q, e) for q, e, _, _ in running if first is None or (q, e) != first[2:]]
+        text = b""
+        for q, e in order:
+            piece = f"{q}\n{e}".encode()
+            if len(text) + len(piece) + 1 >= _MANY_BYTES:
+                break  # too many to list: those left out are not charged after a crash
+            text = text + b"\n" + piece if text else piece
+        self.deadline.value = 0.0
+        self.running.value = text
+        self.timeout.value = first[1] if first else 0.0
+        self.deadline.value = first[0] if first else 0.0
+
     def expired(self, now: float) -> bool:
         deadline = self.deadline.value
         return bool(deadline) and now > deadline
 
+    def entries(self) -> list[tuple[str, str]]:
+        """(queue, entry id) of every entry being worked on."""
+        parts = bytes(self.running.raw).split(b"\x00", 1)[0].decode().split("\n")
+        return list(zip(parts[0::2], parts[1::2], strict=False)) if len(parts) > 1 else []
+
     def entry(self) -> tuple[str, str, float] | None:
-        """(queue, entry id, timeout) of the entry being worked on, if any."""
-        raw = bytes(self.running.raw).split(b"\x00", 1)[0].decode()
-        if "\n" not in raw:
+        """(queue, entry id, timeout) of the entry being worked on (with threads, the
+        one whose hard limit comes first), if any."""
+        found = self.entries()
+        if not found:
             return None
-        queue, entry_id = raw.split("\n", 1)
+        queue, entry_id = found[0]
         return queue, entry_id, float(self.timeout.value)

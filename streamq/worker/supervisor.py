@@ -54,9 +54,9 @@ class _Slot:
     crashes: int = 0
     respawn_at: float = 0.0
     timed_out: tuple[str, str, float] | None = None
-    charge: tuple[str, str] | None = None
-    """The entry a crashed process was working on: its replacement charges it a
-    delivery; the other entries it held go back uncharged."""
+    charge: list[tuple[str, str]] | None = None
+    """The entries a crashed process was working on (one, or those its threads ran):
+    its replacement charges them a delivery; the others it held go back uncharged."""
 
 
 def _pid(proc: BaseProcess) -> int:
@@ -183,8 +183,7 @@ class Supervisor:
                       proc.pid, slot.consumer)
             return
         if slot.timed_out is None:
-            working = slot.limits.entry()
-            slot.charge = working[:2] if working else None
+            slot.charge = slot.limits.entries() or None
             log.error("Worker process %d (consumer %s) died with exit code %s; replacing it "
                       "and re-delivering its messages.", proc.pid, slot.consumer, code)
         self.restarts += 1
@@ -202,7 +201,7 @@ class Supervisor:
         log.error("Task in message %s (queue %s) exceeded its time limit of %gs; killing "
                   "process %d.", entry_id, queue, timeout, slot.process.pid)
         slot.timed_out = (queue, entry_id, timeout)
-        slot.charge = (queue, entry_id)
+        slot.charge = [(queue, entry_id)]  # its threads' other tasks go back uncharged
         slot.limits.finish()
         os.kill(_pid(slot.process), signal.SIGKILL)
         slot.process.join(5)
@@ -308,7 +307,8 @@ def worker_pid(worker_id: str) -> int:
 
 def _child_main(app: StreamQ, queues: list[str], consumer_name: str, worker_id: str,
                 prefetch: int | None, limits: LimitSlot,
-                timed_out: tuple[str, str, float] | None, charge: tuple[str, str] | None,
+                timed_out: tuple[str, str, float] | None,
+                charge: list[tuple[str, str]] | None,
                 worker_info: dict[str, Any], recycling: Recycling) -> None:
     from .consumer import Consumer
     from .logs import log_hooks

@@ -1,0 +1,151 @@
+"""Tasks in threads: one worker process runs up to ``threads`` tasks at once.
+
+The loop stays the consumer's. It hands each buffered entry to a free thread, and
+reads again once its buffer is empty: as many entries as there are free threads, or
+about 50 ms of work when the tasks are that short (``batching.py``), never more than
+the prefetch. An entry that waits in the buffer while every thread is busy is handed
+back by housekeeping after ``release_after_s``, as with one thread. Outcomes from all
+threads leave with the next read, in one round trip; housekeeping writes those that
+wait behind long tasks.
+
+While tasks run, reads do not block: the loop waits on its threads instead (a task
+that finishes wakes it) and looks for new work every ``IDLE_POLL_S``.
+
+An entry delivered before (``deliveries > 1``) may be what killed this process's
+predecessor: it runs alone, once every thread is idle, so that if it kills this
+process too, it is the only one charged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from ..api.hooks import TaskEvent
+from ..data.outcome import Outcome
+from .executor import Call
+from .held import Running
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.05
+"""While tasks run and the queues were empty: how often the loop looks again."""
+
+
+class Threads:
+    """The task threads of one consumer, and the loop that feeds them."""
+
+    def __init__(self, consumer: Consumer, n: int) -> None:
+        self.c = consumer
+        self.n = n
+        self.held = consumer.held
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="streamq-task")
+        self.finished = 0
+
+    def free(self) -> int:
+        return self.n - len(self.held.active)
+
+    def run_once(self) -> int:
+        """Read when the buffer is empty, start what it holds on free threads, then
+        wait for one to be free; returns how many entries were started or decided."""
+        c, held = self.c, self.held
+        if c.recycled is None:
+            c.recycled = c.recycling.due(self.finished)
+        if c.recycled is not None:  # read no more; retire once the threads are done
+            self.wait_idle()
+            c._retire()
+            return 0
+        if not held.buffer and self.free() > 0:
+            busy = bool(held.active)
+            want = max(self.free(), c.batch.count())
+            count = c.recycling.read_cap(self.finished + len(held.active), want)
+            got = c._flush_and_read(count, None if busy else c.block_ms)
+            held.add(got)
+            if not got and busy:
+                self._wait(lambda: bool(held.outcomes), IDLE_POLL_S)
+        done = 0
+        while not c.stopping and self.free() > 0:
+            d = held.pop()
+            if d is None:
+                break
+            done += 1
+            if d.deliveries > 1:
+                self.wait_idle()  # a suspect runs alone
+                c.flush()
+                held.make_current(d)
+                held.decided(c.handle(d))
+                self._count()
+                continue
+            prepared = c.executor.prepare(d)
+            if isinstance(prepared, Call):
+                self._start(prepared)
+            else:
+                c._emit(prepared, None)
+                held.add_outcome(prepared)
+                self._count()
+        if held.buffer and self.free() == 0 and not c.stopping:
+            self._wait(lambda: self.free() > 0, c.block_ms / 1000)
+        return done
+
+    def _start(self, call: Call) -> None:
+        d, msg = call.delivery, call.message
+        with self.held.lock:
+            self.held.started(Running(d, msg.id, time.monotonic(),
+                                      call.task.options.timeout or 0.0))
+            self._publish()
+        self.pool.submit(self._work, call)
+
+    def _work(self, call: Call) -> None:
+        c, d, msg = self.c, call.delivery, call.message
+        outcome: Outcome | None = None
+        t0 = time.perf_counter()
+        try:
+            if c.hooks.wants("started"):
+                c.hooks.emit("started", TaskEvent(msg.id, msg.task, msg.queue,
+                                                  msg.retries + 1, d.deliveries))
+            outcome = c.executor.run(call)
+        except BaseException:  # the executor turns every error into an outcome
+            log.exception("Task thread failed on message %s; it stays pending and will "
+                          "be delivered again.", d.entry_id)
+            raise
+        finally:
+            ran = time.perf_counter() - t0
+            with self.held.lock:
+                if outcome is None:
+                    self.held.active.pop((d.queue, d.entry_id), None)
+                else:
+                    self.held.finished(d, outcome)
+                    self.finished += 1
+                self._publish()
+                self.held.changed.notify_all()
+            c.batch.observe(ran)
+        c._emit(outcome, call, ran)
+
+    def _count(self) -> None:
+        with self.held.lock:
+            self.finished += 1
+
+    def _publish(self) -> None:
+        """Tell the supervisor what runs now (held's lock is held)."""
+        limits = self.c.limits
+        if limits is not None:
+            limits.publish([(r.delivery.queue, r.delivery.entry_id, r.since, r.timeout)
+                            for r in self.held.active.values()])
+
+    def _wait(self, ready: Callable[[], bool], timeout: float) -> None:
+        with self.held.changed:
+            self.held.changed.wait_for(lambda: ready() or self.c.stopping, timeout)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no task runs in a thread; False if ``timeout`` passed first."""
+        with self.held.changed:
+            return self.held.changed.wait_for(lambda: not self.held.active, timeout)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)

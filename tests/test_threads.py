@@ -1,0 +1,120 @@
+"""Tasks in threads (issue 13): ``--threads N`` runs up to N tasks at once in each
+process, with every delivery guarantee of one thread: outcomes written per task,
+nothing stranded behind busy threads, crashes charging only the tasks that ran, hard
+limits replacing the process and soft limits raised inside the task."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from streamq import StreamQ, TaskFailed
+from streamq.base import keys
+from tests import tasks
+from tests.conftest import wait_until
+
+FAST = ("--heartbeat", "0.2")
+
+
+def _overlap(app: StreamQ, rclient: redis.Redis, key: str) -> tuple[int, set[bytes]]:
+    tag = f"{app.settings.namespace}:overlap:{{{key}}}"
+    return int(rclient.get(f"{tag}:max") or 0), rclient.smembers(f"{tag}:pids")
+
+
+def test_one_process_runs_as_many_tasks_at_once_as_it_has_threads(
+        app: StreamQ, rclient: redis.Redis, start_worker: Any) -> None:
+    w = start_worker(app.settings.url, "-c", "1", "--threads", "4", *FAST)
+    started = time.monotonic()
+    handles = tasks.overlap.map([("four", 0.3)] * 12)
+    pids = {h.get(timeout=20) for h in handles}
+    took = time.monotonic() - started
+    most, _ = _overlap(app, rclient, "four")
+    assert most == 4, most  # never more than the threads, and all of them used
+    assert len(pids) == 1 and took < 12 * 0.3 / 2, took  # three rounds of four, not twelve
+    assert all(h.status == "SUCCESS" for h in handles)
+    assert w.stop() == 0
+
+
+def test_threads_read_only_what_they_can_start(app: StreamQ, rclient: redis.Redis,
+                                               start_worker: Any) -> None:
+    """Two processes of two threads, eight slow tasks: each process takes what its
+    threads can run, so both processes work and nothing waits behind a busy one."""
+    w = start_worker(app.settings.url, "-c", "2", "--threads", "2", *FAST)
+    handles = tasks.overlap.map([("spread", 0.4)] * 8)
+    for h in handles:
+        h.get(timeout=20)
+    most, pids = _overlap(app, rclient, "spread")
+    assert most == 4 and len(pids) == 2, (most, pids)
+    assert w.stop() == 0
+
+
+def test_a_crash_charges_only_the_tasks_that_were_running(
+        app: StreamQ, rclient: redis.Redis, start_worker: Any) -> None:
+    """SIGKILL of a process with three tasks running and more read: the three run
+    again with one more delivery each, alone; everything completes exactly once."""
+    w = start_worker(app.settings.url, "-c", "1", "--threads", "3", *FAST)
+    slow = [tasks.sleep_then_count.delay(f"crash-{i}", 1.0) for i in range(3)]
+    wait_until(lambda: [tasks.count_of(f"crash-{i}") for i in range(3)] == [1, 1, 1],
+               timeout=15, message="three tasks running at once")
+    (child,) = w.children()
+    os.kill(child, signal.SIGKILL)
+    for i, h in enumerate(slow):
+        assert h.get(timeout=30) == 2  # the killed run, then the one that finished
+        assert tasks.count_of(f"crash-{i}") == 2
+        assert h.info["deliveries"] == 2
+    assert "died" in w.output()
+    assert w.stop() == 0
+
+
+def test_stopping_waits_for_the_tasks_in_threads(app: StreamQ, start_worker: Any) -> None:
+    w = start_worker(app.settings.url, "-c", "1", "--threads", "3", *FAST)
+    handles = [tasks.sleep_then_count.delay(f"stop-{i}", 0.6) for i in range(3)]
+    wait_until(lambda: all(h.status == "STARTED" for h in handles), timeout=15,
+               message="started")
+    assert w.stop() == 0
+    assert [h.status for h in handles] == ["SUCCESS"] * 3
+    assert [tasks.count_of(f"stop-{i}") for i in range(3)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_a_soft_limit_raises_inside_the_task(app: StreamQ, start_worker: Any,
+                                             threads: str) -> None:
+    w = start_worker(app.settings.url, "-c", "1", "--threads", threads, *FAST)
+    soft = tasks.soft_limited.delay("soft", 10.0)
+    fine = tasks.soft_limited.delay("fine", 0.05)
+    assert fine.get(timeout=15) == "finished"
+    assert soft.get(timeout=15) == "cleaned up"  # the task caught it and returned
+    assert tasks.count_of("soft") == 1
+    uncaught = tasks.soft_unhandled.delay(5.0)
+    with pytest.raises(TaskFailed) as caught:
+        uncaught.get(timeout=15)
+    assert caught.value.exc_type == "streamq.base.errors.SoftTimeLimitExceeded"
+    assert "soft time limit of 0.3s" in caught.value.exc_message
+    assert tasks.add.delay(1, 2).get(timeout=10) == 3  # the process goes on
+    assert "died" not in w.output()
+    assert w.stop() == 0
+
+
+def test_a_hard_limit_in_a_thread_replaces_the_process_and_reruns_the_others(
+        app: StreamQ, rclient: redis.Redis, start_worker: Any) -> None:
+    w = start_worker(app.settings.url, "-c", "1", "--threads", "3", *FAST)
+    others = [tasks.sleep_then_count.delay(f"other-{i}", 2.0) for i in range(2)]
+    wait_until(lambda: all(h.status == "STARTED" for h in others), timeout=15,
+               message="others started")
+    stuck = tasks.too_slow.delay("stuck", 30.0)  # timeout=1.0, max_retries=1
+    with pytest.raises(TaskFailed) as caught:
+        stuck.get(timeout=30)
+    assert caught.value.exc_type == "TimeLimitExceeded"
+    for i, h in enumerate(others):
+        assert h.get(timeout=30) == tasks.count_of(f"other-{i}") >= 2  # killed, run again
+        assert h.info["retries"] == 0  # handed back, not charged an attempt
+    assert "exceeded its time limit" in w.output()
+    stream = keys.stream(app.settings.namespace, "default")
+    wait_until(lambda: not rclient.xpending(stream, keys.GROUP)["pending"], timeout=10,
+               message="nothing pending")
+    assert w.stop() == 0
