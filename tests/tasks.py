@@ -257,3 +257,25 @@ def pid_count(key: str, grow_mb: int = 0) -> int:
     if grow_mb:
         _HOARD.append(bytearray(grow_mb * 1024 * 1024))
     return os.getpid()
+
+
+@app.task(soft_timeout=0.3, max_retries=0)
+def soft_limited(key: str, seconds: float) -> str:
+    """Sleeps ``seconds``; when its soft limit interrupts it, cleans up (counts) and
+    returns normally."""
+    from streamq import SoftTimeLimitExceeded
+
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:  # Python code, where a thread can be told
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        _incr(key)
+        return "cleaned up"
+    return "finished"
+
+
+@app.task(soft_timeout=0.3, max_retries=0)
+def soft_unhandled(seconds: float) -> None:
+    """Does not catch its soft limit: it fails with it."""
+    time.sleep(seconds)
