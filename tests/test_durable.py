@@ -376,3 +376,53 @@ def test_a_timeout_longer_than_the_socket_is_refused(valkey: ServerProcess,
         assert _keys_of(valkey.url, namespace) == []
     finally:
         app.close()
+
+
+# -- the bench's durable rows ------------------------------------------------------------------
+def _bench_rows(url: str, namespace: str) -> tuple[dict[str, float | None], dict[str, Any]]:
+    from streamq.cli import bench_durable
+    from streamq.cli.bench_procs import Clock
+
+    app = StreamQ(url, namespace=namespace)
+    try:
+        sink = app.task(name="tests.durable.sink", queue="bench-enqueue-only")(tasks.add.fn)
+        return bench_durable.measure(app, sink, url, namespace, 50, (1, 2), Clock(60),
+                                     lambda _msg: None)
+    finally:
+        app.close()
+
+
+def test_bench_rows_measure_both_policies_and_put_the_server_back(
+        private: Callable[..., ServerProcess], namespace: str) -> None:
+    srv = private()
+    rows, details = _bench_rows(srv.url, namespace)
+    assert set(rows) == {"delay_beside_durable", "durable_everysec", "durable_always"}
+    assert all(v is not None and v > 0 for v in rows.values()), rows
+    assert details["durable_calls"]["delay_beside_durable"] == 50
+    # The plain slices always finish; a durable slice may stop at its time budget.
+    assert 1 <= details["durable_calls"]["durable_always"] <= 50
+    assert details["durable_appendfsync_restored"] == "everysec"
+    client = redis.Redis.from_url(srv.url)
+    try:
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert _calls(srv.url, "waitaof") == 1 + sum(  # 1: the untimed first call
+            details["durable_calls"][f"durable_{p}"] for p in ("everysec", "always"))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kind, appendonly, reason", [
+    ("valkey", False, "appendonly off"), ("redis", True, "lacks; nothing was sent")])
+def test_bench_rows_say_why_a_server_cannot_be_durable(
+        kind: str, appendonly: bool, reason: str, private: Callable[..., ServerProcess],
+        namespace: str) -> None:
+    srv = private(kind, appendonly=appendonly)
+    rows, details = _bench_rows(srv.url, namespace)
+    assert rows == dict.fromkeys(("delay_beside_durable", "durable_everysec",
+                                  "durable_always"))
+    assert reason in details["durable_skipped"]
+    client = redis.Redis.from_url(srv.url)
+    try:
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+    finally:
+        client.close()
