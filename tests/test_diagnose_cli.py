@@ -94,10 +94,10 @@ BROKEN = {
                 "ModuleNotFoundError: No module named 'no_such_module_for_streamq_tests'"),
     "top_level": ("from streamq import StreamQ\napp = StreamQ()\nx = undefined_name\n", 3,
                   "NameError: name 'undefined_name' is not defined"),
-    "async_def": ("from streamq import StreamQ\napp = StreamQ()\n\n@app.task\n"
-                  "async def fetch():\n    pass\n", 4,
-                  "ConfigurationError: task broken_async_def.fetch: async def tasks are not "
-                  "supported yet"),
+    "generator": ("from streamq import StreamQ\napp = StreamQ()\n\n@app.task\n"
+                  "def fetch():\n    yield 1\n", 4,
+                  "ConfigurationError: task broken_generator.fetch: a generator cannot be a "
+                  "task"),
 }
 
 

@@ -141,11 +141,12 @@ class Task(Generic[P, R]):
     """A registered task. Calling it runs the function here and now."""
 
     def __init__(self, app: TaskApp, fn: Callable[P, R], options: TaskOptions) -> None:
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
             raise ConfigurationError(
-                f"task {options.name}: async def tasks are not supported yet (a worker "
-                f"would only get a coroutine back); define it with def, and run the "
-                f"async code inside with asyncio.run(...)")
+                f"task {options.name}: a generator cannot be a task (a worker would only "
+                f"get the generator back); return a list, or enqueue one task per item")
+        self.is_async = inspect.iscoroutinefunction(fn)
+        """An ``async def`` task: workers run it on their event loop, many at once."""
         self.app = app
         self.fn = fn
         self.options = options

@@ -134,6 +134,8 @@ class Settings:
     threads: int = 1
     """Tasks each worker process runs at once, in threads (``--threads``)."""
     signing_key: str | bytes | tuple[str | bytes, ...] | None = field(default=None,
+    async_concurrency: int = 100
+    """``async def`` tasks each worker process runs at once on its event loop."""
                                                                        repr=False)
     """HMAC-SHA256 key(s) (``STREAMQ_SIGNING_KEY``, comma-separated): messages are
     signed with the first, and any of them verifies one; a worker with a key refuses
@@ -173,6 +175,9 @@ class Settings:
                 f"max_tasks_per_child and max_memory_per_child must be 0 (no limit) or "
                 f"more, got {self.max_tasks_per_child} and {self.max_memory_per_child}")
         if not 1 <= self.threads <= 1024:
+        if not 1 <= self.async_concurrency <= 100_000:
+            raise ConfigurationError(f"async_concurrency must be 1 to 100000 per process, "
+                                     f"got {self.async_concurrency}")
             raise ConfigurationError(f"threads must be 1 to 1024 per process, got "
                                      f"{self.threads}")
         if self.max_message_bytes < 0 or self.max_result_bytes < 0:
@@ -256,7 +261,8 @@ _boolean.__name__ = "boolean (1/0, true/false)"
 _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "url": str, "namespace": str, "claim_after_s": float, "grace_s": float,
     "heartbeat_s": float, "prefetch": int, "max_tasks_per_child": int,
-    "max_memory_per_child": int, "threads": int, "signing_key": lambda raw: tuple(
+    "max_memory_per_child": int, "threads": int,
+    "async_concurrency": int, "signing_key": lambda raw: tuple(
         k.strip() for k in raw.split(",") if k.strip()),
     "max_message_bytes": int, "max_result_bytes": int, "durable": _boolean,
     "durable_replicas": int, "durable_timeout_s": float,

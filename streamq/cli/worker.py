@@ -30,6 +30,9 @@ log = logging.getLogger("streamq.cli")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, metavar="N",
               help="Tasks each process runs at once, in threads ($STREAMQ_THREADS; "
                    "default 1).")
+@click.option("--async-concurrency", type=click.IntRange(1, 100_000), default=None,
+              metavar="K", help="async def tasks each process runs at once on its event "
+                                "loop ($STREAMQ_ASYNC_CONCURRENCY; default 100).")
 @click.option("--prefetch", type=click.IntRange(1, 10000), default=None,
               help="Most messages one process reads at once (default 100).")
 @click.option("--grace", type=click.FloatRange(0), default=None,
@@ -54,7 +57,8 @@ log = logging.getLogger("streamq.cli")
 @click.option("--log-format", default="plain", show_default=True,
               type=click.Choice(["plain", "json"]))
 def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, queues: str | None,
-           concurrency: int | None, threads: int | None, prefetch: int | None, grace: float | None,
+           concurrency: int | None, threads: int | None, async_concurrency: int | None,
+           prefetch: int | None, grace: float | None,
            claim_after: float | None, heartbeat: float | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
            metrics_port: int | None, reload: bool, log_level: str, log_format: str) -> None:
@@ -85,7 +89,8 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
     app.configure(url=resolved, namespace=namespace, claim_after_s=claim_after,
                   heartbeat_s=heartbeat, grace_s=grace,
                   max_tasks_per_child=max_tasks_per_child,
-                  max_memory_per_child=max_memory_per_child, threads=threads)
+                  max_memory_per_child=max_memory_per_child, threads=threads,
+                  async_concurrency=async_concurrency)
     qs = [q.strip() for q in queues.split(",") if q.strip()] if queues else \
         sorted({t.options.queue for t in app.registry.values()} | {app.settings.default_queue})
     n = concurrency or os.cpu_count() or 1

@@ -92,7 +92,9 @@ class Consumer:
         self.recycled: str | None = None
         """Why this process is being replaced (``recycling.py``): it reads no more."""
         self.handed_back = 0
-        self.threads = Threads(self, settings.threads) if settings.threads > 1 else None
+        self.has_async = any(t.is_async for t in app.registry.values())
+        self.threads = Threads(self, settings.threads) \
+            if settings.threads > 1 or self.has_async else None
         """Runs tasks in threads (``threaded.py``); None: this loop runs them."""
 
     # -- lifecycle -------------------------------------------------------------------

@@ -23,13 +23,14 @@ Two decisions exist for what other workers may see differently:
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ..api.app import DEFAULT_VALUE_LIMIT, MIN_SERVER_LIMIT
-from ..api.task import Task, TaskContext, TaskOptions, running_as
+from ..api.task import Task, TaskContext, running_as
 from ..base.backoff import compute_backoff
 from ..base.errors import EncodeError, Reject, Retry, SoftTimeLimitExceeded
 from ..data import record, serialization
@@ -37,6 +38,14 @@ from ..data.message import Message, now_ms, peek_ids, short_repr
 from ..data.outcome import Dead, Delivery, Failed, Gone, Outcome, Retried, Succeeded
 from ..data.serialization import ContentTypeNotAcceptedError
 from ..data.signing import OVERHEAD, BadSignature, Signer
+from .policy import (
+    DEFAULT_MAX_DELIVERIES,
+    HANDBACK_DELAY_S,
+    HANDBACKS,
+    MAX_COUNTDOWN_S,
+    SURE_TEXT,
+    SURE_TO_FIT,
+)
 from .softlimits import SoftLimits, checkpoint
 from .texts import format_traceback, one_line, shape_of, size_over, text_of, type_name
 
@@ -226,14 +235,56 @@ class Executor:
             if isinstance(exc, SoftTimeLimitExceeded) and not exc.args:
                 exc = SoftTimeLimitExceeded(f"the task ran past its soft time limit of "
                                             f"{soft:g}s")
-            try:
-                return self._raised(d, msg, task, exc, started_ms)
-            except Exception as inner:  # its outcome could not be built
-                return self._failed(d, msg, task, type(exc).__name__,
-                                    f"{text_of(exc)} (and its outcome could not be built: "
-                                    f"{type(inner).__name__}: {text_of(inner)})", "",
-                                    retryable=False, started_ms=started_ms)
-        runtime = time.perf_counter() - t0
+            return self._error_outcome(call, exc, started_ms)
+        return self._value_outcome(call, value, started_ms, time.perf_counter() - t0)
+
+    async def run_async(self, call: Call) -> Outcome:
+        """``run`` for an ``async def`` task, on the process's event loop. Its time
+        limit (the soft one if set, else the hard one) cancels it: the coroutine sees
+        ``CancelledError`` where it waits, and may clean up."""
+        d, msg, task = call.delivery, call.message, call.task
+        started_ms = now_ms()
+        t0 = time.perf_counter()
+        soft, hard = task.options.soft_timeout, task.options.timeout
+        limit = soft or hard
+        try:
+            with running_as(TaskContext(msg.id, msg.task, msg.queue, msg.retries,
+                                        d.deliveries)):
+                if limit is None:
+                    value = await task.fn(*call.args, **call.kwargs)
+                else:
+                    timer = asyncio.timeout(limit)
+                    try:
+                        async with timer:
+                            value = await task.fn(*call.args, **call.kwargs)
+                    except TimeoutError:
+                        if not timer.expired():
+                            raise  # the task's own
+                        if soft is None:
+                            return self._failed(
+                                d, msg, task, "TimeLimitExceeded",
+                                f"task ran longer than its timeout of {limit:g}s and was "
+                                f"cancelled", "", retryable=True, started_ms=started_ms)
+                        raise SoftTimeLimitExceeded(
+                            f"the task ran past its soft time limit of {limit:g}s and was "
+                            f"cancelled") from None
+        except Exception as exc:
+            return self._error_outcome(call, exc, started_ms)
+        return self._value_outcome(call, value, started_ms, time.perf_counter() - t0)
+
+    def _error_outcome(self, call: Call, exc: Exception, started_ms: int) -> Outcome:
+        d, msg, task = call.delivery, call.message, call.task
+        try:
+            return self._raised(d, msg, task, exc, started_ms)
+        except Exception as inner:  # its outcome could not be built
+            return self._failed(d, msg, task, type(exc).__name__,
+                                f"{text_of(exc)} (and its outcome could not be built: "
+                                f"{type(inner).__name__}: {text_of(inner)})", "",
+                                retryable=False, started_ms=started_ms)
+
+    def _value_outcome(self, call: Call, value: Any, started_ms: int, runtime: float
+                       ) -> Outcome:
+        d, msg, task = call.delivery, call.message, call.task
         try:
             ct, ce, payload = serialization.dumps(value, self.serializer, "the result",
                                                   msg.task)
@@ -353,38 +404,3 @@ class Executor:
         fields = record.dead(reason=reason, task=name, deliveries=d.deliveries,
                              dead_at_ms=now_ms(), worker=self.consumer) if task_id else None
         return Dead(d, task_id, name, retries, reason, fields)
-
-
-DEFAULT_MAX_DELIVERIES = TaskOptions(name="default", queue="default").max_deliveries
-"""A task's ``max_deliveries`` unless it says otherwise (5): the limit of a message
-whose task is unknown."""
-
-
-HANDBACKS = 12
-"""How often a message for a task this worker does not know is handed back before
-it is dead-lettered; the hand-backs do not count as retries.
-
-Which consumer reads a handed-back message is up to the server (the one blocked
-longest), so each hand-back is a draw, not a route: measured with one old and two
-new consumers, the old one took about half of them again. Many short hand-backs give
-better odds than a few long ones in the same time: a message dies here with odds of
-about 0.5 ** 13 (one in 8,000) where the old worker takes half the reads, and after
-about 5 s where no worker knows its task."""
-
-HANDBACK_DELAY_S = (0.2, 0.6)
-"""The range of each hand-back's delay in seconds (drawn at random, so that the
-messages of a batch spread out over the readers)."""
-
-SURE_TO_FIT = 1024 * 1024 // 4
-"""A value up to this many characters fits in any server (the least
-``proto-max-bulk-len`` is 1 MiB, and UTF-8 takes at most 4 bytes a character): only a
-longer one is measured against the server's limit."""
-
-
-SURE_TEXT = 1024 * 1024 // 16
-"""An error text up to this many characters is never cut (see ``Executor._fit``)."""
-
-
-MAX_COUNTDOWN_S = 1e9
-"""The longest wait a task may ask of ``Retry``: its record's TTL includes the wait,
-and the server refuses a TTL much beyond this."""

@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..api.hooks import TaskEvent
-from ..data.outcome import Outcome
+from ..data.outcome import Outcome, Released
+from .aio import AsyncTasks
 from .executor import Call
 from .held import Running
 
@@ -47,9 +48,27 @@ class Threads:
         self.held = consumer.held
         self.pool = ThreadPoolExecutor(n, thread_name_prefix="streamq-task")
         self.finished = 0
+        self.in_threads = 0
+        self.aio: AsyncTasks | None = None
+        """The event loop of ``async def`` tasks, started with the first of them."""
+        mine = [t for t in consumer.app.registry.values()
+                if t.options.queue in consumer.queues]
+        self.async_share = 1.0 if mine and all(t.is_async for t in mine) else 0.0
+        """About how many of the calls read are async (learnt as they come): reads
+        count free coroutine slots by it, so that a worker of mixed tasks does not
+        read for its hundred coroutine slots what only its threads can run."""
 
     def free(self) -> int:
-        return self.n - len(self.held.active)
+        """Free task threads."""
+        return self.n - self.in_threads
+
+    def free_async(self) -> int:
+        """Coroutines that may start now (``async_concurrency`` while none runs)."""
+        aio = self.aio
+        return self.c.settings.async_concurrency - (aio.running if aio else 0)
+
+    def _any_free(self) -> bool:
+        return self.free() > 0 or (self.c.has_async and self.free_async() > 0)
 
     def run_once(self) -> int:
         """Read when the buffer is empty, start what it holds on free threads, then
@@ -61,16 +80,18 @@ class Threads:
             self.wait_idle()
             c._retire()
             return 0
-        if not held.buffer and self.free() > 0:
+        if not held.buffer and self._any_free():
             busy = bool(held.active)
-            want = max(self.free(), c.batch.count())
+            free = self.free() + (int(self.free_async() * self.async_share)
+                                  if c.has_async else 0)
+            want = max(free, c.batch.count())
             count = c.recycling.read_cap(self.finished + len(held.active), want)
             got = c._flush_and_read(count, None if busy else c.block_ms)
             held.add(got)
             if not got and busy:
                 self._wait(lambda: bool(held.outcomes), IDLE_POLL_S)
         done = 0
-        while not c.stopping and self.free() > 0:
+        while not c.stopping and self._any_free():
             d = held.pop()
             if d is None:
                 break
@@ -84,22 +105,51 @@ class Threads:
                 continue
             prepared = c.executor.prepare(d)
             if isinstance(prepared, Call):
-                self._start(prepared)
+                if c.has_async:
+                    self.async_share += 0.2 * (prepared.task.is_async - self.async_share)
+                self._start(prepared)  # waits for a free thread, or loop slot, first
             else:
                 c._emit(prepared, None)
                 held.add_outcome(prepared)
                 self._count()
-        if held.buffer and self.free() == 0 and not c.stopping:
-            self._wait(lambda: self.free() > 0, c.block_ms / 1000)
+        if held.buffer and not self._any_free() and not c.stopping:
+            self._wait(self._any_free, c.block_ms / 1000)
         return done
 
     def _start(self, call: Call) -> None:
-        d, msg = call.delivery, call.message
+        d, msg, c = call.delivery, call.message, self.c
+        is_async = call.task.is_async
+        free = self.free_async if is_async else self.free
+        while free() <= 0:
+            if c.stopping:  # never started: back to the queue, uncharged
+                self.held.add_outcome(Released(d))
+                return
+            self._wait(lambda: free() > 0, c.block_ms / 1000)
         with self.held.lock:
+            # An async task is cancelled at its limit, never killed with its process.
             self.held.started(Running(d, msg.id, time.monotonic(),
-                                      call.task.options.timeout or 0.0))
+                                      0.0 if is_async else call.task.options.timeout or 0.0))
             self._publish()
-        self.pool.submit(self._work, call)
+            if is_async:
+                if self.aio is None:
+                    self.aio = AsyncTasks(c.executor, self._async_done)
+                self.aio.running += 1
+            else:
+                self.in_threads += 1
+        if is_async:
+            if c.hooks.wants("started"):
+                c.hooks.emit("started", TaskEvent(msg.id, msg.task, msg.queue,
+                                                  msg.retries + 1, d.deliveries))
+            assert self.aio is not None
+            self.aio.submit(call)
+        else:
+            self.pool.submit(self._work, call)
+
+    def _async_done(self, call: Call, outcome: Outcome | None, ran: float) -> None:
+        assert self.aio is not None
+        with self.held.lock:
+            self.aio.running -= 1
+        self._settle(call, outcome, ran)
 
     def _work(self, call: Call) -> None:
         c, d, msg = self.c, call.delivery, call.message
@@ -115,17 +165,24 @@ class Threads:
                           "be delivered again.", d.entry_id)
             raise
         finally:
-            ran = time.perf_counter() - t0
             with self.held.lock:
-                if outcome is None:
-                    self.held.active.pop((d.queue, d.entry_id), None)
-                else:
-                    self.held.finished(d, outcome)
-                    self.finished += 1
-                self._publish()
-                self.held.changed.notify_all()
-            c.batch.observe(ran)
-        c._emit(outcome, call, ran)
+                self.in_threads -= 1
+            self._settle(call, outcome, time.perf_counter() - t0)
+
+    def _settle(self, call: Call, outcome: Outcome | None, ran: float) -> None:
+        """A task thread's or coroutine's end: hold its outcome and wake the loop."""
+        d = call.delivery
+        with self.held.lock:
+            if outcome is None:  # nothing to write: its entry stays pending
+                self.held.active.pop((d.queue, d.entry_id), None)
+            else:
+                self.held.finished(d, outcome)
+                self.finished += 1
+            self._publish()
+            self.held.changed.notify_all()
+        self.c.batch.observe(ran)
+        if outcome is not None:
+            self.c._emit(outcome, call, ran)
 
     def _count(self) -> None:
         with self.held.lock:
@@ -149,3 +206,5 @@ class Threads:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False)
+        if self.aio is not None:
+            self.aio.close()
