@@ -35,6 +35,7 @@ _CODES: dict[type[BaseException], str] = {
     redis.exceptions.BusyLoadingError: "LOADING",
     redis.exceptions.ReadOnlyError: "READONLY",
     redis.exceptions.ClusterCrossSlotError: "CROSSSLOT",
+    redis.exceptions.NoPermissionError: "NOPERM",
 }
 
 _TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
