@@ -130,6 +130,8 @@ def test_a_wrong_ca_a_missing_file_and_no_client_cert_are_connection_errors(
         tls.url(ssl_certfile=str(tmp_path / "gone.crt")):
             f"cannot use ssl_certfile={tmp_path / 'gone.crt'} of",
         tls.url(ca=tmp_path / "no-ca.pem"): f"cannot use ssl_ca_certs={tmp_path}",
+        tls.url(ssl_keyfile=str(tmp_path)): f"ssl_keyfile={tmp_path} of rediss://:***@127."
+                                            f"0.0.1:{tls.port}/0: not a readable file",
         tls.url(client=False): "client certificate",
     }
     for url, expected in cases.items():

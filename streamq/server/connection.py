@@ -103,12 +103,12 @@ def check_tls_files(url: str, options: dict[str, Any]) -> None:
         path = options.get(name)
         if path is None:
             continue
-        ok = os.path.isdir(path) if name == "ssl_ca_path" else os.path.isfile(path)
+        kind = "directory" if name == "ssl_ca_path" else "file"
+        ok = os.path.isdir(path) if kind == "directory" else os.path.isfile(path)
         if not ok or not os.access(path, os.R_OK):
             shown = path if os.path.isabs(path) else f"{path} (from {os.getcwd()})"
-            raise BrokerConnectionError(
-                f"cannot use {name}={shown} of {_where(url)}: "
-                f"{'no such file' if not os.path.exists(path) else 'not readable'}")
+            why = f"no such {kind}" if not os.path.exists(path) else f"not a readable {kind}"
+            raise BrokerConnectionError(f"cannot use {name}={shown} of {_where(url)}: {why}")
 
 
 class translated:  # noqa: N801 - a context manager used like a function
