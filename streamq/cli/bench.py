@@ -23,6 +23,11 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:.1f} {unit}"
 
 
+def _ratio(value: float | None) -> str:
+    """Two decimals; two significant digits below 0.1 (a durable row's 0.0017)."""
+    return "-" if value is None else f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
+
+
 def render(report: dict[str, Any], console: Console) -> None:
     """Print the report as one table plus the server and versions lines."""
     p, v = report["params"], report["versions"]
@@ -33,7 +38,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         ceiling = "-" if row["ceiling"] is None else \
             f"{_fmt(row['ceiling'], '/s')} {row['ceiling_measurement']}"
         table.add_row(row["measurement"], _fmt(row["value"], row["unit"]), ceiling,
-                      "-" if row["ratio"] is None else f"{row['ratio']:.2f}", row["target"],
+                      _ratio(row["ratio"]), row["target"],
                       "[green]yes[/]" if row["meets_target"] else "[red]no[/]")
     console.print(table)
     d = report["details"]

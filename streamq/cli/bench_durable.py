@@ -3,11 +3,12 @@
 A producer app with ``durable=True`` calls ``delay()`` one at a time with the
 server's ``appendfsync`` set to ``everysec`` and then to ``always`` (CONFIG SET; the
 server's own value is put back at the end), in ``ROUNDS`` slices alternating with
-plain ``delay()`` calls of another app on the same server, so each ratio compares
-calls seen through the same machine noise. Each slice stops after ``SLICE_BUDGET_S``
-(a server that fsyncs once a second before it answers does about one call a second),
-so the rows never hold the bench up for long. On a server that cannot be durable (no
-AOF, no WAITAOF, CONFIG refused) the rows have no value and ``details`` says why.
+plain ``delay()`` calls of another app under the server's own policy, so each ratio
+compares calls seen through the same machine noise. Each slice stops after
+``SLICE_BUDGET_S`` (a server that confirms only at its next fsync does about one call
+a second), so the rows never hold the bench up for long. On a server that cannot be
+durable (no AOF, no WAITAOF, CONFIG refused) the rows have no value and ``details``
+says why.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def measure(plain: StreamQ, sink: Task[..., Any], url: str, ns: str, n: int,
         for size in [total // ROUNDS + (i < total % ROUNDS) for i in range(ROUNDS)]:
             if not size:
                 continue
+            # Plain calls under the server's own policy: under always, a plain write
+            # waits for the same fsync (before the reply), so it would hide the cost.
+            if before:
+                client.config_set("appendfsync", before)
             _slice(clock, "plain delay()", size, lambda: sink.delay(*args),
                    "delay_beside_durable", secs, calls)
             for policy in POLICIES:
