@@ -187,9 +187,10 @@ class StreamQ:
         the writes in its AOF on disk (and on ``durable_replicas`` replicas): a wait
         rides behind the last write, and ``NotDurableError`` says when it was not
         confirmed (the calls were written and may run)."""
-        broker, ttl = self.server.broker, self.settings.result_ttl
-        wait = self._durable_wait() if (self.settings.durable if durable is None
-                                        else durable) else None
+        s = self.settings
+        broker, ttl = self.server.broker, s.result_ttl
+        wait = broker.durable_wait(s.durable_replicas, s.durable_timeout_s, s.socket_timeout_s
+                                   ) if (s.durable if durable is None else durable) else None
 
         if len(prepared) == 1 and not many:  # delay(): one batch, nothing to stream
             message, due = prepared[0]
@@ -201,13 +202,12 @@ class StreamQ:
                               encoded if self.signer is None else self.signer.sign(encoded))
             if wait is None:
                 broker.send_one(commands)
-                self._emit_enqueued(prepared)
-                return [AsyncResult(message.id, self, queue=message.queue,
-                                    sent_at=time.monotonic())]
-            reply = broker.send_durable(commands, wait)
+            else:
+                reply = broker.send_durable(commands, wait)
             self._emit_enqueued(prepared)
-            return self._confirmed(reply, [AsyncResult(message.id, self, queue=message.queue,
-                                                       sent_at=time.monotonic())])
+            handles = [AsyncResult(message.id, self, queue=message.queue,
+                                   sent_at=time.monotonic())]
+            return handles if wait is None else self._confirmed(reply, handles)
 
         sure = self._sure_body
         for m, _ in prepared:
@@ -247,11 +247,6 @@ class StreamQ:
         sent_at = time.monotonic()
         handles = [AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at) for m, _ in prepared]
         return handles if wait is None else self._confirmed(reply, handles)
-
-    def _durable_wait(self) -> bytes:
-        s = self.settings
-        return self.server.broker.durable_wait(s.durable_replicas, s.durable_timeout_s,
-                                               s.socket_timeout_s)
 
     def _confirmed(self, reply: Any, handles: list[_AsyncResult]) -> list[_AsyncResult]:
         """``handles``, once the wait's ``reply`` confirms they are durable; else
