@@ -118,3 +118,29 @@ def test_a_hard_limit_in_a_thread_replaces_the_process_and_reruns_the_others(
     wait_until(lambda: not rclient.xpending(stream, keys.GROUP)["pending"], timeout=10,
                message="nothing pending")
     assert w.stop() == 0
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_process_whose_threads_are_all_busy_waits_without_spinning(
+        app: StreamQ, start_worker: Any) -> None:
+    from tests import sync_tasks
+
+    producer = StreamQ(app.settings.url, namespace=app.settings.namespace)
+    w = start_worker(app.settings.url, "-c", "1", "--threads", "2", *FAST,
+                     module="tests.sync_tasks")
+    handles = [producer.send_by_name(sync_tasks.nap.name, [1.5]) for _ in range(2)]
+    wait_until(lambda: all(h.status == "STARTED" for h in handles), timeout=15,
+               message="both threads busy")
+    (child,) = w.children()
+    before = _cpu_s(child)
+    time.sleep(1.0)
+    used = _cpu_s(child) - before
+    assert used < 0.15, f"{used:.2f}s of CPU in 1s while every thread slept"
+    assert [h.get(timeout=15) for h in handles] == [1.5, 1.5]
+    assert w.stop() == 0
+    producer.close()

@@ -112,7 +112,7 @@ class Threads:
                 c._emit(prepared, None)
                 held.add_outcome(prepared)
                 self._count()
-        if held.buffer and not self._any_free() and not c.stopping:
+        if not self._any_free() and not c.stopping:  # every thread busy: wait for one
             self._wait(self._any_free, c.block_ms / 1000)
         return done
 
