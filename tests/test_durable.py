@@ -215,6 +215,7 @@ def test_a_script_the_server_lost_is_covered_by_the_wait(server: ServerProcess,
     app = _producer(server.url, namespace)
     try:
         app.send_by_name("tests.tasks.add", [0, 0])
+        app.registry["tests.tasks.add"].map([(0, 0)])  # loads the scripts once
         client = redis.Redis.from_url(server.url)
         try:
             client.script_flush()
@@ -224,6 +225,13 @@ def test_a_script_the_server_lost_is_covered_by_the_wait(server: ServerProcess,
             assert _calls(server.url, "waitaof") == before + 2
             assert client.zscore(keys.delayed(namespace, "default"), handle.id) is not None
             assert handle.status == "SCHEDULED"
+
+            client.script_flush()  # and map()'s script, after its scripts were loaded once
+            before = _calls(server.url, "waitaof")
+            handles = app.registry["tests.tasks.add"].map([(i, 0) for i in range(250)])
+            assert _calls(server.url, "waitaof") == before + 2
+            assert client.xlen(keys.stream(namespace, "default")) == 2 + 250
+            assert {h.status for h in handles} == {"PENDING"}
         finally:
             client.close()
     finally:

@@ -164,22 +164,21 @@ class Transport:
         url = self.connection.url
         stream = _CommandStream(batches, wait)
         try:
-            with translated(url):
-                with self.connection.own() as conn:
-                    stream.run(conn)
+            # One connection for both: a wait vouches only for its own connection.
+            with translated(url), self.connection.own() as conn:
+                stream.run(conn)
                 if stream.noscript:  # their scripts only, in order, once loaded
                     self.load_scripts()
                     again = _CommandStream(stream.noscript.values(), wait)
                     stream.again = again
-                    with self.connection.own() as conn:
-                        again.run(conn)
+                    again.run(conn)
                     stream.error = stream.error or again.error
         finally:
             if answered is not None:
                 answered += stream.outcomes()
         if stream.error is not None:
             raise _error(stream.error, url)
-        # After a resend the first stream's wait preceded the resent scripts.
+        # After a resend the last wait follows every write of the connection.
         return stream.again.waited if stream.again is not None else stream.waited
 
 
