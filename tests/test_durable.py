@@ -434,3 +434,28 @@ def test_bench_rows_say_why_a_server_cannot_be_durable(
         assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
     finally:
         client.close()
+
+
+def test_durable_enqueue_works_under_the_documented_acl_rule(valkey: ServerProcess,
+                                                             namespace: str) -> None:
+    from tests.test_acl import RULE
+
+    admin = redis.Redis.from_url(valkey.url, decode_responses=True)
+    user, password = f"{namespace}-durable", "durable-acl-pw"
+    admin.execute_command("ACL", "LOG", "RESET")
+    admin.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}",
+                          *RULE.format(ns=namespace).split())
+    app = _producer(f"redis://{user}:{password}@127.0.0.1:{valkey.port}/0", namespace)
+    try:
+        before = _calls(valkey.url, "waitaof")
+        handle = app.send_by_name("tests.tasks.add", [1, 2])
+        app.registry["tests.tasks.add"].map([(i, 1) for i in range(120)])
+        assert _calls(valkey.url, "waitaof") == before + 2
+        assert handle.status == "PENDING"
+        # Only the probe's CONFIG GET (appendfsync) is refused, and streamq goes on.
+        refused = {e["object"] for e in admin.acl_log(128) if e["username"] == user}
+        assert refused <= {"config|get"}, refused
+    finally:
+        app.close()
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
