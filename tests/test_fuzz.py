@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +28,17 @@ from hypothesis import strategies as st
 
 from streamq import StreamQ
 from streamq.base import keys
+from streamq.base.errors import DecodeError
 from streamq.data.message import Message
+from streamq.data.outcome import Dead, Delivery
+from streamq.worker.executor import Executor
+from tests import tasks
 from tests.conftest import wait_until
 
 MIB = 1024 * 1024
+# CI runs a fixed set; FUZZ_EXAMPLES=N runs N random examples (a longer local hunt).
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0")) or 60
+FIXED = "FUZZ_EXAMPLES" not in os.environ
 FIELDS = ("v", "id", "task", "queue", "ct", "ce", "body", "b64", "retries", "enq_ms")
 # The tasks an envelope may name: each records its runs under its key argument
 # (record_start, count) or fails (fail), so no run goes unseen.
@@ -122,7 +130,8 @@ class Written:
 
     spec: Any
     markers: tuple[str, ...]
-    """Strings only this entry's dead letter can hold (none: match ``exact``)."""
+    """Strings only this entry's dead letter can hold; else it is found by ``exact``
+    (a truncation may cut every marker)."""
     exact: bytes | None
     task_id: str | None
     must: str
@@ -189,7 +198,7 @@ def _build(spec: Any, n: int) -> tuple[dict[bytes, bytes] | list[bytes], Written
         must = "run" if spec.args in ("valid", "valid-kw") else "dead"
     # After a hand-back the envelope is written anew, without "fz": the id remains.
     markers = (token, str(tid)) if spec.id_form in ("number", "text") else (token,)
-    return [b"m", raw], Written(spec, markers, None, str(tid), must)
+    return [b"m", raw], Written(spec, markers, raw, str(tid), must)
 
 
 # -- the test -----------------------------------------------------------------------------
@@ -197,13 +206,15 @@ class Ledger:
     """Every entry written, and the dead letters read so far, matched to them."""
 
     def __init__(self, client: redis.Redis, ns: str) -> None:
-        self.client, self.ns = client, ns
+        self.client: Any = client
+        self.ns = ns
         self.stream, self.dead = keys.stream(ns, "default"), keys.dead(ns, "default")
         self.all: list[Written] = []
         self.last_letter = "0-0"
         self.strays: list[tuple[bytes, str]] = []
 
     def write(self, specs: list[Any]) -> tuple[list[Written], list[bytes]]:
+        self.strays = []
         out, ids = [], []
         for spec in specs:
             fields, written = _build(spec, len(self.all))
@@ -241,7 +252,11 @@ class Ledger:
         return value if value is None else bytes(value)
 
     def handed_back(self, task_id: str) -> bool:
-        return bool(self.client.hexists(keys.delayed_messages(self.ns, "default"), task_id))
+        """Whether a worker that does not know its task handed it back: by its record,
+        which stays so while the message moves between the delayed set and the stream."""
+        status, exc_type = self.client.hmget(keys.record(self.ns, "default", task_id),
+                                             "status", "exc_type")
+        return bool(status == b"RETRY" and exc_type == b"TaskNotRegisteredError")
 
 
 def _fate(ledger: Ledger, w: Written, *, final: bool) -> str | None:
@@ -287,7 +302,7 @@ def test_fuzzed_entries_are_run_once_or_dead_lettered(app: StreamQ, rclient: red
     assert len(family) == 3, family
     ledger = Ledger(rclient, app.settings.namespace)
 
-    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=FIXED, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.large_base_example])
     @given(st.lists(entries, min_size=1, max_size=4))
@@ -320,4 +335,60 @@ def test_fuzzed_entries_are_run_once_or_dead_lettered(app: StreamQ, rclient: red
     assert _family(w) == family
     out = w.output()
     assert "died with exit code" not in out and "replacing it" not in out, out[-3000:]
+    assert w.stop() == 0
+
+
+# -- what the fuzz found --------------------------------------------------------------------
+def _forged(**fields: Any) -> bytes:
+    """An envelope for a task no worker knows (it would be handed back, so written
+    again), with ``fields`` set."""
+    doc = json.loads(Message("forged-1", "tests.tasks.nobody_knows", "default",
+                             "application/json", "utf-8", "[[], {}]").encode())
+    doc.update(fields)
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(("fields", "says"), [
+    ({"error": [1]}, "field 'error' is an array, not a string"),
+    ({"error": 5}, "field 'error' is a number, not a string"),
+    ({"eta_ms": "soon"}, "field 'eta_ms' is not an integer: 'soon'"),
+    ({"eta_ms": {"at": 1}}, "field 'eta_ms' is not an integer"),
+])
+def test_an_envelope_whose_error_or_eta_has_the_wrong_type_is_a_dead_letter(
+        fields: dict[str, Any], says: str) -> None:
+    """A hand-back writes the envelope again: a non-string ``error`` made that raise
+    TypeError out of ``prepare``, killing the worker process (found by the fuzz)."""
+    app = tasks.app
+    executor = Executor(app.registry, app.accept_content_types, "json", "testhost:1:a-0", 60)
+    out = executor.prepare(Delivery("default", "1-0", _forged(**fields), 1))
+    assert isinstance(out, Dead), out
+    assert out.reason.startswith("undecodable message: malformed message envelope: ")
+    assert says in out.reason and "\n" not in out.reason, out.reason
+    assert out.task_id == "forged-1"
+    with pytest.raises(DecodeError):
+        Message.decode(_forged(**fields))
+
+
+def test_envelopes_with_null_or_string_error_and_eta_still_decode() -> None:
+    msg = Message.decode(_forged(error=None, eta_ms=None))
+    assert (msg.last_error, msg.eta_ms) == (None, None)
+    msg = Message.decode(_forged(error="ValueError: x", eta_ms=1234))
+    assert (msg.last_error, msg.eta_ms) == ("ValueError: x", 1234)
+
+
+def test_a_forged_error_field_does_not_kill_the_worker(vapp: StreamQ, rclient: redis.Redis,
+                                                       start_worker: Any) -> None:
+    w = start_worker(vapp.settings.url, "-c", "1", "--heartbeat", "0.2")
+    family = _family(w)
+    stream = keys.stream(vapp.settings.namespace, "default")
+    rclient.xadd(stream, {"m": _forged(error=["not", "text"])})
+    (letter,) = wait_until(lambda: vapp.dead.list("default"), timeout=15,
+                           message="the dead letter")
+    assert letter.task_id == "forged-1"
+    assert letter.reason == ("undecodable message: malformed message envelope: field "
+                             "'error' is an array, not a string")
+    assert tasks.count.delay("after-forged").get(timeout=15) == 1
+    assert _family(w) == family
+    assert rclient.xpending(stream, keys.GROUP)["pending"] == 0
+    assert "died with exit code" not in w.output()
     assert w.stop() == 0

@@ -94,11 +94,17 @@ class Message(NamedTuple):
                 handbacks = int(handbacks)
                 if handbacks < 0:
                     raise ValueError("negative handbacks")
+            # Checked here, not where they are used: a hand-back writes them again, and
+            # a forged value of the wrong type must not break that write.
+            eta_ms, error = get("eta_ms"), get("error")
+            if eta_ms is not None:
+                eta_ms = int(eta_ms)
+            if error is not None and not isinstance(error, str):
+                raise TypeError("error not a string")
             # Positional: this runs once per task, and keywords cost a third more.
             return cls(str(doc["id"]), str(doc["task"]), str(doc["queue"]), str(doc["ct"]),
                        str(doc["ce"]), body, retries, int(get("enq_ms", 0)),
-                       get("eta_ms"), get("error"), int(get("v", SCHEMA_VERSION)),
-                       handbacks or 0)
+                       eta_ms, error, int(get("v", SCHEMA_VERSION)), handbacks or 0)
         except Exception as exc:
             raise DecodeError(f"malformed message envelope: {_explain(raw, exc)}", raw) \
                 from exc
@@ -194,8 +200,12 @@ def _explain(raw: bytes | str, exc: Exception) -> str:
     missing = [f for f in ("id", "task", "queue", "ct", "ce", "body") if f not in doc]
     if missing:
         return f"missing field(s) {', '.join(missing)}"
-    for field in ("retries", "enq_ms", "v", "handbacks"):
+    if doc.get("error") is not None and not isinstance(doc["error"], str):
+        return f"field 'error' is {kind_of(doc['error'])}, not a string"
+    for field in ("retries", "enq_ms", "v", "handbacks", "eta_ms"):
         value = doc.get(field, 0)
+        if value is None and field in ("handbacks", "eta_ms"):
+            continue  # these two may be null
         try:
             number = int(value)
         except Exception as bad:
