@@ -39,13 +39,13 @@ class Clock:
 
 # -- worker processes --------------------------------------------------------------------------
 def start_worker(url: str, ns: str, concurrency: int, procs: list[subprocess.Popen[bytes]],
-                 queue: str) -> subprocess.Popen[bytes]:
+                 queue: str, *extra: str) -> subprocess.Popen[bytes]:
     """``streamq worker`` on bench_tasks reading ``queue`` only, added to ``procs``."""
     # A URL holding a password goes in the environment only, not on the command line.
     secret = urlsplit(url).password is not None or "password=" in url
     cmd = [sys.executable, "-m", "streamq", "worker", bench_tasks.__name__, "-c",
            str(concurrency), "-Q", queue, *([] if secret else ["--url", url]), "--namespace", ns,
-           "--log-level", "WARNING"]
+           "--log-level", "WARNING", *extra]
     env = dict(os.environ, STREAMQ_URL=url, STREAMQ_NAMESPACE=ns)
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

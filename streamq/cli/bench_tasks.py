@@ -7,6 +7,7 @@ connects to nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from ..api.app import StreamQ
@@ -29,3 +30,32 @@ def sleep(seconds: float) -> None:
     """Waits like a task calling a slow HTTP API: what the spread row measures is how
     many processes wait at once."""
     time.sleep(seconds)
+
+
+IO_NAME = "streamq.bench.io"
+
+
+@app.task(name=IO_NAME, queue="bench-io")
+def io(key: str) -> int:
+    """One blocking round trip of its own to the server (as a task that reads a row or
+    calls an API waits on it): what the io row measures is how well a process
+    overlaps such waits."""
+    return int(app.server.connection.client.incr(f"{app.settings.namespace}:bench-io:{key}"))
+
+
+THREAD_SLEEP_NAME = "streamq.bench.thread_sleep"
+
+
+@app.task(name=THREAD_SLEEP_NAME, queue="bench-sleep")
+def thread_sleep(seconds: float) -> None:
+    """Waits, in a thread of its process (the sleep row)."""
+    time.sleep(seconds)
+
+
+ASYNC_SLEEP_NAME = "streamq.bench.async_sleep"
+
+
+@app.task(name=ASYNC_SLEEP_NAME, queue="bench-async-sleep")
+async def async_sleep(seconds: float) -> None:
+    """Waits on its process's event loop (the sleep row's async half)."""
+    await asyncio.sleep(seconds)

@@ -25,6 +25,9 @@ round trips, in MB (copy-on-write pages shared with the supervisor count in full
 ``spread`` (``bench_spread``): tasks that sleep 0.1 s on a worker of 8 processes, in
 tasks/s next to the ideal 8 / 0.1 s (a process per task at once).
 
+``io``, ``sleep_threads``, ``sleep_async`` (``bench_threads``): tasks that wait, run
+many at once per process (threads, an event loop).
+
 ``durable_everysec``/``durable_always`` (``bench_durable``): ``delay()`` with
 ``durable=True`` one at a time, the server's appendfsync switched to each policy for
 the row and put back after, next to plain ``delay()`` interleaved with it.
@@ -46,7 +49,7 @@ from ..api.app import StreamQ
 from ..base.errors import BrokerError
 from ..base.settings import mask_url
 from ..server.ceiling import Ceiling
-from . import bench_durable, bench_spread, bench_tasks
+from . import bench_durable, bench_spread, bench_tasks, bench_threads
 from . import bench_procs as bp
 from .bench_procs import BenchError, Clock
 
@@ -74,10 +77,22 @@ ROWS: dict[str, tuple[str, str, str | None, float]] = {
     "durable_always": ("durable delay(), appendfsync always", "tasks/s",
                        "delay_beside_durable", 0.02),
 }
+ROWS.update({
+    "io": ("io drain: default --threads", "tasks/s",
+           "io_one_thread", 5.0),
+    "sleep_threads": (f"sleep drain: {bench_threads.SLEEP_SLOTS} threads x "
+                      f"{bench_threads.SLEEP_PROCESSES}", "tasks/s", "sleep_limit", 0.80),
+    "sleep_async": (f"sleep drain: async def, {bench_threads.SLEEP_SLOTS} x "
+                    f"{bench_threads.SLEEP_PROCESSES}", "tasks/s", "sleep_limit", 0.80),
+})
+TASK_CEILINGS = {"delay_beside_durable", "io_one_thread", "sleep_limit"}
 CEILINGS = {"xadd_single": "raw XADD", "xadd_pipelined": "raw XADD pipelined x100",
             "raw_drain": "raw XREADGROUP+XACK+XDEL",
             "spread_ideal": f"ideal: {bench_spread.PROCESSES} / {bench_spread.TASK_S:g} s",
-            "delay_beside_durable": "plain delay(), interleaved"}
+            "delay_beside_durable": "plain delay(), interleaved",
+            "io_one_thread": "the same, --threads 1",
+            "sleep_limit": f"limit: {bench_threads.SLEEP_SLOTS} x "
+                           f"{bench_threads.SLEEP_PROCESSES} / {bench_threads.SLEEP_S:g} s"}
 
 
 def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
@@ -117,7 +132,7 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
             raw.close()
         app.close()
     ceilings = {k: {"measurement": v, "value": measured[k],
-                    "unit": "tasks/s" if k == "delay_beside_durable" else "entries/s"}
+                    "unit": "tasks/s" if k in TASK_CEILINGS else "entries/s"}
                 for k, v in CEILINGS.items()}
     rows = []
     for key, (label, unit, ceiling_key, bound) in ROWS.items():
@@ -224,6 +239,10 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
 
     out["spread"], out["spread_ideal"], more = bench_spread.measure(app, r, url, ns, clock,
                                                                     say, procs)
+    details.update(more)
+
+    threaded, more = bench_threads.measure(app, r, url, ns, concurrency, clock, say, procs)
+    out.update(threaded)
     details.update(more)
 
     say("streamq: round trips against one idle -c 1 worker")
