@@ -70,7 +70,8 @@ def validate_url(url: str) -> str:
     tail = url[found.end():] if found else url
     query = tail.split("?", 1)[1].split("#", 1)[0] if "?" in tail else ""
     for name, values in parse_qs(query, keep_blank_values=True).items():
-        where = f"in server URL {mask_url(url)!r}"
+        # Without the query: a misspelt parameter's value (say, a password) stays hidden.
+        where = f"in server URL {mask_url(url).split('?', 1)[0]!r}"
         if name not in _URL_PARAMS:
             raise ConfigurationError(
                 f"unknown parameter {name!r} {where}; streamq reads {', '.join(_URL_PARAMS)}"
@@ -133,9 +134,9 @@ class Settings:
     replaced after its current task (0: never). Celery's is in KiB."""
     threads: int = 1
     """Tasks each worker process runs at once, in threads (``--threads``)."""
-    signing_key: str | bytes | tuple[str | bytes, ...] | None = field(default=None,
     async_concurrency: int = 100
     """``async def`` tasks each worker process runs at once on its event loop."""
+    signing_key: str | bytes | tuple[str | bytes, ...] | None = field(default=None,
                                                                        repr=False)
     """HMAC-SHA256 key(s) (``STREAMQ_SIGNING_KEY``, comma-separated): messages are
     signed with the first, and any of them verifies one; a worker with a key refuses
@@ -174,10 +175,10 @@ class Settings:
             raise ConfigurationError(
                 f"max_tasks_per_child and max_memory_per_child must be 0 (no limit) or "
                 f"more, got {self.max_tasks_per_child} and {self.max_memory_per_child}")
-        if not 1 <= self.threads <= 1024:
         if not 1 <= self.async_concurrency <= 100_000:
             raise ConfigurationError(f"async_concurrency must be 1 to 100000 per process, "
                                      f"got {self.async_concurrency}")
+        if not 1 <= self.threads <= 1024:
             raise ConfigurationError(f"threads must be 1 to 1024 per process, got "
                                      f"{self.threads}")
         if self.max_message_bytes < 0 or self.max_result_bytes < 0:
