@@ -176,6 +176,10 @@ def test_streamq_server_under_umask_000(project: Project, before: str) -> None:
         status = project.run("status")
         assert status.returncode == 0, status.stderr
         assert TIGHTENED not in status.stderr
+        again = project.run("server")  # shows the one that runs, and who can reach it
+        assert again.returncode == 1
+        assert again.stderr == (f"streamq: an embedded server of {project.root} already runs "
+                                f"at unix://{sock}; {listens.removeprefix('streamq: ')}")
         fg.send_signal(signal.SIGTERM)
         assert fg.wait(30) == 0
         told = fg.stderr.read()

@@ -313,8 +313,8 @@ def run_server_foreground(project_dir: PathArg = None) -> int:
     with _locked(project / STATE_DIR):
         sock = _socket_path(project)
         if _running(sock):
-            print(f"streamq: an embedded server of {project} already runs at {_url(sock)}",
-                  file=sys.stderr)
+            print(f"streamq: an embedded server of {project} already runs at {_url(sock)}; "
+                  f"{private.unix_only(sock)}", file=sys.stderr)
             return 1
         proc, sock, log_file = _spawn(project, daemonize=False)
         try:
