@@ -129,11 +129,14 @@ def test_a_worker_and_the_commands_that_read_it(locked: ServerProcess, project: 
     env = env_for(project, namespace, url)
     metrics_port = _free_port()
     log = project / "worker.log"
+    # The URL on the command line (plain) or in the environment (json, an ACL user).
+    given = ["--url", url] if log_format == "plain" else []
+    worker_env = {k: v for k, v in env.items() if k != "STREAMQ_URL"} if given else env
     with open(log, "wb") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "streamq", "worker", "secretapp", "--log-level", "debug",
-             "--log-format", log_format, "--metrics-port", str(metrics_port), "-c", "1"],
-            cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
+             "--log-format", log_format, "--metrics-port", str(metrics_port), "-c", "1",
+             *given], cwd=project, env=worker_env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     try:
         wait_until(lambda: "worker starting" in log.read_text(), 20,
