@@ -139,7 +139,8 @@ class StreamQ:
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a task; works bare (``@app.task``) and with options
         (``name``, ``queue``, ``max_retries``, ``retry_backoff``, ``retry_backoff_max``,
-        ``autoretry_for``, ``timeout``, ``max_deliveries``)."""
+        ``autoretry_for``, ``timeout``, ``soft_timeout``, ``max_deliveries``,
+        ``ignore_result``)."""
         unknown = set(options) - set(TaskOptions.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
@@ -206,7 +207,8 @@ class StreamQ:
                 reply = broker.send_durable(commands, wait)
             self._emit_enqueued(prepared)
             handles = [AsyncResult(message.id, self, queue=message.queue,
-                                   sent_at=time.monotonic())]
+                                   sent_at=time.monotonic(),
+                                   ignored=message.ignore_result)]
             return handles if wait is None else self._confirmed(reply, handles)
 
         sure = self._sure_body
@@ -225,7 +227,8 @@ class StreamQ:
                 # ids (map()'s case) share one record template and one script call.
                 runs = groupby(prepared[start:start + _BATCH],
                                key=lambda p: (p[0].task, p[0].queue, p[1] is None and
-                                              queue_of(p[0].id) == p[0].queue))
+                                              queue_of(p[0].id) == p[0].queue and
+                                              not p[0].ignore_result))
                 for (task, queue, shared), items in runs:
                     run = list(items)
                     if shared and len(run) > 1:
@@ -245,7 +248,8 @@ class StreamQ:
             raise self._partly_enqueued(prepared, answered, exc, wait is not None) from exc
         self._emit_enqueued(prepared)
         sent_at = time.monotonic()
-        handles = [AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at) for m, _ in prepared]
+        handles = [AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at,
+                               ignored=m.ignore_result) for m, _ in prepared]
         return handles if wait is None else self._confirmed(reply, handles)
 
     def _confirmed(self, reply: Any, handles: list[_AsyncResult]) -> list[_AsyncResult]:
@@ -269,6 +273,7 @@ class StreamQ:
         wait_s = max(0, (due - enq) // 1000) if due else 0
         self.server.broker.enqueue_commands(
             out, message.id, message.queue,
+            None if message.ignore_result else
             record.enqueued(message.task, message.queue, enq, due), ttl + wait_s,
             self._seal(message) if encoded is None else encoded, due,
             queue_of(message.id) == message.queue, countdown_ms=countdown_ms)

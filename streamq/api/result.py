@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from ..base.errors import (
     GetInsideTaskError,
+    ResultError,
     ResultNotFoundError,
     ResultTimeoutError,
     TaskFailed,
@@ -42,12 +43,15 @@ class AsyncResult:
     """A handle on one task's record: its status, and its result once final."""
 
     def __init__(self, task_id: str, app: ResultApp, *, queue: str | None = None,
-                 sent_at: float | None = None) -> None:
+                 sent_at: float | None = None, ignored: bool = False) -> None:
         self.id = task_id
         self.app = app
         self._queue = queue
         # When this process enqueued the task (time.monotonic()), if it did: see get().
         self._sent_at = sent_at
+        self.ignored = ignored
+        """Sent with ``ignore_result=True``: no record is kept, so no result comes
+        (``get()`` says so at once; ``status`` reads ``UNKNOWN``)."""
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
@@ -122,6 +126,10 @@ class AsyncResult:
         to run it, and wait for ever. ``disable_sync_subtasks=False`` (Celery's name)
         allows it.
         """
+        if self.ignored:
+            raise ResultError(
+                f"task {self.id} was sent with ignore_result=True: no record is kept, so "
+                f"no result will come; send it without ignore_result to wait for it")
         if disable_sync_subtasks:
             self._refuse_inside_task()
         now = time.monotonic()

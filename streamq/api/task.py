@@ -56,6 +56,9 @@ class TaskOptions:
     other tasks it runs in threads go back to the queue uncharged)."""
     soft_timeout: float | None = None
     """Seconds after which ``SoftTimeLimitExceeded`` is raised inside the task."""
+    ignore_result: bool = False
+    """Keep no record of its calls: no status, no result; the server does a fraction
+    of the work per task. Retries, dead letters and metrics still work."""
     max_deliveries: int = 5
     """Deliveries without an acknowledgement before the message goes to dead letters."""
 
@@ -178,13 +181,16 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         task_id: str | None = None,
         durable: bool | None = None,
+        ignore_result: bool | None = None,
     ) -> AsyncResult:
         """Enqueue with options: ``countdown`` seconds or a timezone-aware ``eta``,
         another ``queue``, or a chosen ``task_id``. ``durable=True`` returns only once
         the server has the write on disk (None: the app's ``durable`` setting); see
-        ``StreamQ.enqueue`` and ``NotDurableError``."""
+        ``StreamQ.enqueue`` and ``NotDurableError``. ``ignore_result=True`` keeps no
+        record of the call (None: the task's option)."""
         message, due = self.prepare(tuple(args), dict(kwargs or {}), countdown=countdown,
-                                    eta=eta, queue=queue, task_id=task_id)
+                                    eta=eta, queue=queue, task_id=task_id,
+                                    ignore_result=ignore_result)
         return self.app.enqueue([(message, due)], durable=durable)[0]
 
     def map(self, iterable: Iterable[Any]) -> list[AsyncResult]:
@@ -221,6 +227,7 @@ class Task(Generic[P, R]):
         eta: datetime | None = None,
         queue: str | None = None,
         task_id: str | None = None,
+        ignore_result: bool | None = None,
     ) -> tuple[Message, int | None]:
         """Check and serialize a call; nothing reaches Redis here."""
         arity = self._arity
@@ -239,4 +246,6 @@ class Task(Generic[P, R]):
         message = build_message(self.app.settings.serializer, self.name,
                                 check_queue_name(queue) if queue else self.options.queue,
                                 args, kwargs, due, task_id)
+        if self.options.ignore_result if ignore_result is None else ignore_result:
+            message = message._replace(ignore_result=True)
         return message, due

@@ -48,6 +48,8 @@ class Message(NamedTuple):
     last_error: str | None = None
     version: int = SCHEMA_VERSION
     handbacks: int = 0
+    ignore_result: bool = False
+    """No record is kept for this call (``ignore_result=True``): written as ``nr``."""
 
     def encode(self) -> str:
         """The JSON envelope, written directly (this runs once per enqueued call)."""
@@ -65,6 +67,8 @@ class Message(NamedTuple):
             extra += f',"error":{_quote(self.last_error)}'
         if self.handbacks:
             extra += f',"handbacks":{int(self.handbacks)}'
+        if self.ignore_result:
+            extra += ',"nr":true'
         return (f'{{"v":{int(self.version)},"id":{_quote(self.id)},"task":{_quote(self.task)},'
                 f'"queue":{_quote(self.queue)},"ct":{_quote(self.content_type)},'
                 f'"ce":{_quote(self.content_encoding)},"body":{_quote(text)},'
@@ -77,8 +81,8 @@ class Message(NamedTuple):
         the error: an entry nested too deeply or holding ``Infinity`` included), whose
         message says in one line what was wrong.
 
-        The body is not checked here: the decoding of the arguments refuses a body that
-        is not a string (``serialization.loads``), and says so."""
+        A body must be a string (base64 text with ``b64``): a hand-back writes the
+        envelope again before the arguments are decoded."""
         raw = strip(raw)  # a signature was checked, if at all, before (``signing``)
         try:
             doc = _decode_json(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
@@ -86,6 +90,8 @@ class Message(NamedTuple):
             body = doc["body"]
             if get("b64"):
                 body = base64.b64decode(body)
+            elif not isinstance(body, str):
+                raise TypeError("body not a string")
             retries = int(get("retries", 0))
             if retries < 0:
                 raise ValueError("negative retries")
@@ -104,7 +110,8 @@ class Message(NamedTuple):
             # Positional: this runs once per task, and keywords cost a third more.
             return cls(str(doc["id"]), str(doc["task"]), str(doc["queue"]), str(doc["ct"]),
                        str(doc["ce"]), body, retries, int(get("enq_ms", 0)),
-                       eta_ms, error, int(get("v", SCHEMA_VERSION)), handbacks or 0)
+                       eta_ms, error, int(get("v", SCHEMA_VERSION)), handbacks or 0,
+                       get("nr") is True)
         except Exception as exc:
             raise DecodeError(f"malformed message envelope: {_explain(raw, exc)}", raw) \
                 from exc
@@ -213,9 +220,9 @@ def _explain(raw: bytes | str, exc: Exception) -> str:
                     f"({type(bad).__name__}: {bad})")
         if field in ("retries", "handbacks") and number < 0:
             return f"field {field!r} is negative: {short_repr(value)}"
+    body = doc["body"]
+    if not isinstance(body, str):
+        return f"field 'body' is {kind_of(body)}, not a string"
     if doc.get("b64"):
-        body = doc["body"]
-        if not isinstance(body, str):
-            return f"field 'body' is {kind_of(body)}, not a string"
         return f"field 'body' is not valid base64 ({type(exc).__name__}: {exc})"
     return f"{type(exc).__name__}: {exc}"

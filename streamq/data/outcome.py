@@ -37,6 +37,8 @@ class Succeeded(NamedTuple):
     content_encoding: str
     started_ms: int
     runtime_s: float
+    stored: bool = True
+    """False for a task that keeps no record (``ignore_result``): only acknowledged."""
 
 
 class Retried(NamedTuple):

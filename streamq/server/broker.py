@@ -58,7 +58,7 @@ class Broker:
 
     # -- producing -------------------------------------------------------------------
     def enqueue_commands(self, out: list[bytes], task_id: str, queue: str,
-                         record: list[Any], ttl_s: int, encoded: bytes | str,
+                         record: list[Any] | None, ttl_s: int, encoded: bytes | str,
                          due_ms: int | None,
                          routed: bool, *, countdown_ms: int | None = None) -> None:
         """Append the packed commands of one enqueue to ``out``: the record first, so
@@ -70,9 +70,14 @@ class Broker:
         the server reads itself: the producer's clock may be off by minutes. It wins
         over ``due_ms``, which then only served the caller's record (the script writes
         the server's due time into it). ``due_ms`` alone is an absolute wall-clock
-        time (an ``eta``), kept as given. ``ttl_s`` must cover the wait either way."""
+        time (an ``eta``), kept as given. ``ttl_s`` must cover the wait either way.
+
+        ``record=None`` (``ignore_result``): nothing but the message is written."""
         ns = self.ns
         record_key = keys.record(ns, queue, task_id)
+        if record is None:
+            self._enqueue_bare(out, task_id, queue, encoded, due_ms, countdown_ms)
+            return
         if not routed:
             out.append(pack("SET", keys.task_queue(ns, task_id), queue, "EX", ttl_s))
         if countdown_ms is not None and countdown_ms > 0:
@@ -91,6 +96,24 @@ class Broker:
         else:
             out.append(pack("HSET", record_key, *record))
             out.append(pack("EXPIRE", record_key, ttl_s))
+            out.append(pack("XADD", keys.stream(ns, queue), "*", "m", encoded))
+        self._note_queue(out, queue)
+
+    def _enqueue_bare(self, out: list[bytes], task_id: str, queue: str,
+                      encoded: bytes | str, due_ms: int | None,
+                      countdown_ms: int | None) -> None:
+        """The message of a call whose result nobody wants, without a record (the
+        schedule script skips it for a TTL of 0)."""
+        ns = self.ns
+        if countdown_ms is not None and countdown_ms > 0:
+            out.append(script_command(
+                "schedule", [keys.delayed(ns, queue), keys.delayed_messages(ns, queue),
+                             keys.record(ns, queue, task_id)],
+                [task_id, encoded, int(countdown_ms), 0]))
+        elif due_ms:
+            out += (MULTI, pack("HSET", keys.delayed_messages(ns, queue), task_id, encoded),
+                    pack("ZADD", keys.delayed(ns, queue), due_ms, task_id), EXEC)
+        else:
             out.append(pack("XADD", keys.stream(ns, queue), "*", "m", encoded))
         self._note_queue(out, queue)
 

@@ -73,7 +73,9 @@ class OutcomeWriter:
             name = COUNTED.get(type(o))
             if name is not None:
                 counts[queue, name] = counts.get((queue, name), 0) + 1
-            if isinstance(o, Succeeded):
+            if isinstance(o, Succeeded) and not o.stored:
+                args += ("A", d.entry_id)
+            elif isinstance(o, Succeeded):
                 keys_ += (keys.record(ns, queue, o.task_id), keys.done(ns, queue, o.task_id))
                 args += ("S", d.entry_id, o.result, o.content_type,
                          "" if o.content_encoding == "utf-8" else o.content_encoding,

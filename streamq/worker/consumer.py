@@ -233,7 +233,7 @@ class Consumer:
                                                  d.deliveries))
         held = self.held
         with held.lock:
-            held.running = Running(d, msg.id, held.current_since)
+            held.running = Running(d, "" if msg.ignore_result else msg.id, held.current_since)
         if self.limits is not None:
             self.limits.begin(call.task.options.timeout)
         t0 = time.perf_counter()

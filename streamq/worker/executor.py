@@ -123,6 +123,13 @@ class Executor:
         except Exception as exc:
             tid, name = peek_ids(raw)
             return self._dead(d, tid, name or "?", 0, f"undecodable message: {one_line(exc)}")
+        checked = self._checked(d, msg, timed_out)
+        return self.unrecorded(checked) if msg.ignore_result and \
+            not isinstance(checked, Call) else checked
+
+    def _checked(self, d: Delivery, msg: Message, timed_out: float | None
+                 ) -> Call | Outcome:
+        """``prepare``'s checks of a decoded message."""
         task = self.registry.get(msg.task)
         if task is None:
             return self._unknown_task(d, msg)
@@ -235,8 +242,9 @@ class Executor:
             if isinstance(exc, SoftTimeLimitExceeded) and not exc.args:
                 exc = SoftTimeLimitExceeded(f"the task ran past its soft time limit of "
                                             f"{soft:g}s")
-            return self._error_outcome(call, exc, started_ms)
-        return self._value_outcome(call, value, started_ms, time.perf_counter() - t0)
+            return self._done(call, self._error_outcome(call, exc, started_ms))
+        return self._done(call, self._value_outcome(call, value, started_ms,
+                                                    time.perf_counter() - t0))
 
     async def run_async(self, call: Call) -> Outcome:
         """``run`` for an ``async def`` task, on the process's event loop. Its time
@@ -261,16 +269,32 @@ class Executor:
                         if not timer.expired():
                             raise  # the task's own
                         if soft is None:
-                            return self._failed(
+                            return self._done(call, self._failed(
                                 d, msg, task, "TimeLimitExceeded",
                                 f"task ran longer than its timeout of {limit:g}s and was "
-                                f"cancelled", "", retryable=True, started_ms=started_ms)
+                                f"cancelled", "", retryable=True, started_ms=started_ms))
                         raise SoftTimeLimitExceeded(
                             f"the task ran past its soft time limit of {limit:g}s and was "
                             f"cancelled") from None
         except Exception as exc:
-            return self._error_outcome(call, exc, started_ms)
-        return self._value_outcome(call, value, started_ms, time.perf_counter() - t0)
+            return self._done(call, self._error_outcome(call, exc, started_ms))
+        return self._done(call, self._value_outcome(call, value, started_ms,
+                                                    time.perf_counter() - t0))
+
+    def _done(self, call: Call, outcome: Outcome) -> Outcome:
+        return self.unrecorded(outcome) if call.message.ignore_result else outcome
+
+    @staticmethod
+    def unrecorded(outcome: Outcome) -> Outcome:
+        """The outcome of a call that keeps no record (``ignore_result``): the same,
+        without the record's fields (its dead letter and retry still happen)."""
+        if isinstance(outcome, Succeeded):
+            return outcome._replace(stored=False)
+        if isinstance(outcome, Retried | Failed):
+            return outcome._replace(record=[])
+        if isinstance(outcome, Dead):
+            return outcome._replace(record=None)
+        return outcome
 
     def _error_outcome(self, call: Call, exc: Exception, started_ms: int) -> Outcome:
         d, msg, task = call.delivery, call.message, call.task

@@ -62,6 +62,11 @@ class Held:
         with self.lock:
             return self.buffer.popleft() if self.buffer else None
 
+    def push_front(self, d: Delivery) -> None:
+        """Put a delivery back at the head of the buffer (it could not start yet)."""
+        with self.lock:
+            self.buffer.appendleft(d)
+
     def make_current(self, d: Delivery) -> None:
         with self.lock:
             self.current, self.current_since = d, time.monotonic()

@@ -143,7 +143,8 @@ class Housekeeping:
             now_running = {r.delivery.entry_id for r in running}
             self._marked &= now_running
             for r in running:
-                if r.delivery.entry_id in self._marked or now - r.since < _STARTED_AFTER_S:
+                if r.delivery.entry_id in self._marked or now - r.since < _STARTED_AFTER_S \
+                        or not r.task_id:  # no task id: it keeps no record
                     continue
                 self._marked.add(r.delivery.entry_id)
                 self.link.records.mark_started(r.delivery.queue, r.task_id, self.consumer,

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..api.hooks import TaskEvent
-from ..data.outcome import Outcome, Released
+from ..data.outcome import Outcome
 from .aio import AsyncTasks
 from .executor import Call
 from .held import Running
@@ -67,6 +67,14 @@ class Threads:
         aio = self.aio
         return self.c.settings.async_concurrency - (aio.running if aio else 0)
 
+    def _readable(self) -> int:
+        """How many entries to read for: free threads, and free coroutine slots by
+        the share of async calls seen."""
+        free = self.free()
+        if self.c.has_async:
+            free += int(self.free_async() * self.async_share)
+        return free
+
     def _any_free(self) -> bool:
         return self.free() > 0 or (self.c.has_async and self.free_async() > 0)
 
@@ -80,12 +88,15 @@ class Threads:
             self.wait_idle()
             c._retire()
             return 0
-        if not held.buffer and self._any_free():
+        if not held.buffer:
+            free = self._readable()
+            if free <= 0:  # every thread busy, and no coroutine expected: wait for one
+                if not c.stopping:
+                    self._wait(lambda: self._readable() > 0, c.block_ms / 1000)
+                return 0
             busy = bool(held.active)
-            free = self.free() + (int(self.free_async() * self.async_share)
-                                  if c.has_async else 0)
-            want = max(free, c.batch.count())
-            count = c.recycling.read_cap(self.finished + len(held.active), want)
+            count = c.recycling.read_cap(self.finished + len(held.active),
+                                         max(free, c.batch.count()))
             got = c._flush_and_read(count, None if busy else c.block_ms)
             held.add(got)
             if not got and busy:
@@ -105,29 +116,31 @@ class Threads:
                 continue
             prepared = c.executor.prepare(d)
             if isinstance(prepared, Call):
+                slots = self.free_async if prepared.task.is_async else self.free
+                if slots() <= 0:
+                    # Its kind has no free slot: back to the buffer's head, where
+                    # housekeeping can hand it back, until one frees up.
+                    held.push_front(d)
+                    done -= 1
+                    self._wait(lambda: slots() > 0, c.block_ms / 1000)  # noqa: B023
+                    break
                 if c.has_async:
                     self.async_share += 0.2 * (prepared.task.is_async - self.async_share)
-                self._start(prepared)  # waits for a free thread, or loop slot, first
+                self._start(prepared)
             else:
                 c._emit(prepared, None)
                 held.add_outcome(prepared)
                 self._count()
-        if not self._any_free() and not c.stopping:  # every thread busy: wait for one
-            self._wait(self._any_free, c.block_ms / 1000)
+        if held.buffer and not self._any_free() and not c.stopping:
+            self._wait(self._any_free, c.block_ms / 1000)  # the buffer waits for a slot
         return done
 
     def _start(self, call: Call) -> None:
         d, msg, c = call.delivery, call.message, self.c
         is_async = call.task.is_async
-        free = self.free_async if is_async else self.free
-        while free() <= 0:
-            if c.stopping:  # never started: back to the queue, uncharged
-                self.held.add_outcome(Released(d))
-                return
-            self._wait(lambda: free() > 0, c.block_ms / 1000)
         with self.held.lock:
             # An async task is cancelled at its limit, never killed with its process.
-            self.held.started(Running(d, msg.id, time.monotonic(),
+            self.held.started(Running(d, "" if msg.ignore_result else msg.id, time.monotonic(),
                                       0.0 if is_async else call.task.options.timeout or 0.0))
             self._publish()
             if is_async:

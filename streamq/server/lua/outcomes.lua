@@ -66,9 +66,11 @@ while pos <= #ARGV do
       local t = redis.call('TIME')
       local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         + tonumber(ARGV[pos + 3])
-      hset(KEYS[k], pos + 7, count)
-      redis.call('HSET', KEYS[k], F.eta_ms, due)
-      redis.call('EXPIRE', KEYS[k], ARGV[pos + 5])
+      if count > 0 then  -- no fields: the task keeps no record (ignore_result)
+        hset(KEYS[k], pos + 7, count)
+        redis.call('HSET', KEYS[k], F.eta_ms, due)
+        redis.call('EXPIRE', KEYS[k], ARGV[pos + 5])
+      end
       redis.call('HSET', KEYS[3], task_id, ARGV[pos + 4])
       redis.call('ZADD', KEYS[2], due, task_id)
       drop(entry)
@@ -81,7 +83,7 @@ while pos <= #ARGV do
       redis.call('XADD', KEYS[4], '*', 'm', ARGV[pos + 2], 'reason', ARGV[pos + 3],
                  'task', ARGV[pos + 4], 'id', task_id, 'at_ms', ARGV[pos + 6],
                  'deliveries', ARGV[pos + 7], 'retries', ARGV[pos + 8])
-      if task_id ~= '' then
+      if task_id ~= '' and count > 0 then  -- no fields: no record (ignore_result)
         hset(KEYS[k], pos + 10, count)
         redis.call('EXPIRE', KEYS[k], ttl)
         complete(KEYS[k], KEYS[k + 1], 'F', done_ttl)
