@@ -144,3 +144,15 @@ def test_a_process_whose_threads_are_all_busy_waits_without_spinning(
     assert [h.get(timeout=15) for h in handles] == [1.5, 1.5]
     assert w.stop() == 0
     producer.close()
+
+
+def test_recycling_counts_the_tasks_of_every_thread(app: StreamQ, start_worker: Any) -> None:
+    from collections import Counter
+
+    w = start_worker(app.settings.url, "-c", "1", "--threads", "3",
+                     "--max-tasks-per-child", "10", *FAST)
+    handles = tasks.pid_count.map(["recycled"] * 35)
+    pids = Counter(h.get(timeout=30) for h in handles)
+    assert sorted(pids.values()) == [5, 10, 10, 10], pids
+    assert tasks.count_of("recycled") == 35  # each ran once
+    assert w.stop() == 0

@@ -89,6 +89,12 @@ class Threads:
             c._retire()
             return 0
         if not held.buffer:
+            limit = c.recycling.max_tasks
+            if limit and self.finished + len(held.active) >= limit:
+                # Every task it may run has started: read no more, and retire once
+                # they are done (the next call).
+                self._wait(lambda: not held.active, c.block_ms / 1000)
+                return 0
             free = self._readable()
             if free <= 0:  # every thread busy, and no coroutine expected: wait for one
                 if not c.stopping:
