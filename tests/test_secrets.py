@@ -188,8 +188,6 @@ def test_a_worker_and_the_commands_that_read_it(locked: ServerProcess, project: 
     assert_clean(f"the worker's {log_format} log", text)
 
 
-@pytest.mark.xfail(strict=True, reason="the executor stores and logs a task's exception "
-                   "message and traceback as they are, with the app's own URL in them")
 def test_a_task_that_puts_the_url_in_its_error(locked: ServerProcess, project: Path,
                                                namespace: str) -> None:
     env = env_for(project, namespace, url_for(locked.port))

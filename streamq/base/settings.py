@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote
 
 from .errors import ConfigurationError
 
@@ -53,6 +53,14 @@ _TLS_PARAMS = (*_TLS_FILES, "ssl_cert_reqs", "ssl_check_hostname", "ssl_password
 _URL_PARAMS = ("db", "client_name", *_TLS_PARAMS)
 _CERT_REQS = ("none", "optional", "required")
 _BOOLEANS = ("true", "false", "yes", "no", "1", "0")
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each of ``secrets`` (see ``Settings.secrets``) replaced by ``***``:
+    for what streamq stores or prints of a task's own error, which may quote them."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def validate_url(url: str) -> str:
@@ -206,6 +214,17 @@ class Settings:
             if f.repr
         )
         return f"Settings({shown})"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The URL's password (as written, decoded and encoded) and the signing keys,
+        longest first; passwords under 4 characters are left out, as replacing them
+        would garble any text without hiding anything worth hiding."""
+        found = _PASSWORD.match(self.url or "")
+        written = found.group(2) if found else ""
+        forms = {written, unquote(written), quote(unquote(written), safe=""),
+                 *(k.decode(errors="replace") for k in self.signing_keys)}
+        return tuple(sorted((f for f in forms if len(f) >= 4), key=len, reverse=True))
 
     @property
     def signing_keys(self) -> tuple[bytes, ...]:

@@ -70,7 +70,8 @@ class Consumer:
         self.executor = Executor(app.registry, app.accept_content_types, settings.serializer,
                                  name, settings.result_ttl, signer=app.signer,
                                  max_message_bytes=settings.max_message_bytes,
-                                 max_result_bytes=settings.max_result_bytes)
+                                 max_result_bytes=settings.max_result_bytes,
+                                 secrets=settings.secrets)
         self.worker_info = worker_info
         self.worker_key = keys.worker(settings.namespace, self.worker_id) \
             if worker_info is not None else None

@@ -33,6 +33,7 @@ from ..api.app import DEFAULT_VALUE_LIMIT, MIN_SERVER_LIMIT
 from ..api.task import Task, TaskContext, running_as
 from ..base.backoff import compute_backoff
 from ..base.errors import EncodeError, Reject, Retry, SoftTimeLimitExceeded
+from ..base.settings import redact
 from ..data import record, serialization
 from ..data.message import Message, now_ms, peek_ids, short_repr
 from ..data.outcome import Dead, Delivery, Failed, Gone, Outcome, Retried, Succeeded
@@ -66,7 +67,7 @@ class Executor:
     def __init__(self, registry: Mapping[str, Task[Any, Any]], accept: set[str],
                  serializer: str, consumer: str, result_ttl_s: int, *,
                  signer: Signer | None = None, max_message_bytes: int = 0,
-                 max_result_bytes: int = 0) -> None:
+                 max_result_bytes: int = 0, secrets: tuple[str, ...] = ()) -> None:
         self.registry = registry
         self.accept = accept
         self.serializer = serializer
@@ -77,6 +78,8 @@ class Executor:
         """Raises ``SoftTimeLimitExceeded`` in tasks past their ``soft_timeout`` (its
         ``fire`` is called by the housekeeping thread)."""
         self.signer = signer
+        self.secrets = secrets
+        """Hidden from what a task's error puts in its record, log and dead letter."""
         """Verifies each entry before anything of it is decoded, signs what is written
         back (retries, hand-backs); None: signing is off."""
         # A signed entry may be a signature longer than the limit its producer checked.
@@ -361,16 +364,16 @@ class Executor:
                                     f"to {MAX_COUNTDOWN_S:.0e} (about 31 years), got "
                                     f"{short_repr(countdown)}", "",
                                     retryable=False, started_ms=started_ms)
-            return self._retry_or_fail(d, msg, task, "Retry", text_of(exc), "", started_ms,
-                                       countdown=countdown)
+            return self._retry_or_fail(d, msg, task, "Retry", redact(text_of(exc), self.secrets),
+                                       "", started_ms, countdown=countdown)
         if isinstance(exc, Reject):
             return self._dead(d, msg.id, msg.task, msg.retries,
                               f"rejected by the task: {text_of(exc.reason)}")
-        tb = format_traceback()
+        # The task's own text may quote the app's URL or key: never store or log those.
+        tb, text = (redact(t, self.secrets) for t in (format_traceback(), text_of(exc)))
         if isinstance(exc, task.options.autoretry_for):
-            return self._retry_or_fail(d, msg, task, type_name(exc), text_of(exc), tb,
-                                       started_ms)
-        return self._failed(d, msg, task, type_name(exc), text_of(exc), tb,
+            return self._retry_or_fail(d, msg, task, type_name(exc), text, tb, started_ms)
+        return self._failed(d, msg, task, type_name(exc), text, tb,
                             retryable=False, started_ms=started_ms)
 
     # -- outcomes -------------------------------------------------------------------
