@@ -27,8 +27,10 @@ from ..base.settings import Settings, check_queue_name, mask_url
 from ..data import record, serialization
 from ..data.message import Message, now_ms
 from ..data.signing import Signer, signer_for
+from ..server.aio import AsyncLinks
 from ..server.deadletters import DeadLetters
 from ..server.link import ServerLink
+from . import aio
 from .hooks import Hook, Hooks, TaskEvent
 from .result import AsyncResult
 from .result import AsyncResult as _AsyncResult  # for annotations: StreamQ.AsyncResult shadows it
@@ -66,6 +68,7 @@ class StreamQ:
         self.registry: dict[str, Task[Any, Any]] = {}
         self.hooks = Hooks()
         self._server: ServerLink | None = None
+        self._aio: AsyncLinks | None = None
         self._value_limit: int | None = None
 
     def __repr__(self) -> str:
@@ -93,8 +96,21 @@ class StreamQ:
         self.settings = settings
         self.close()
 
+    @property
+    def aio(self) -> AsyncLinks:
+        """The asyncio links (one per event loop) of the ``a*`` methods."""
+        if self._aio is None:
+            self._aio = AsyncLinks(self.settings, lambda: self.server.url)
+        return self._aio
+
+    async def aclose(self) -> None:
+        """Close the running event loop's connections (``close`` forgets them all)."""
+        if self._aio is not None:
+            await self._aio.aclose()
+
     def close(self) -> None:
         self._value_limit = None
+        self._aio = None
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -189,18 +205,13 @@ class StreamQ:
         rides behind the last write, and ``NotDurableError`` says when it was not
         confirmed (the calls were written and may run)."""
         s = self.settings
-        broker, ttl = self.server.broker, s.result_ttl
+        broker = self.server.broker
         wait = broker.durable_wait(s.durable_replicas, s.durable_timeout_s, s.socket_timeout_s
                                    ) if (s.durable if durable is None else durable) else None
 
         if len(prepared) == 1 and not many:  # delay(): one batch, nothing to stream
             message, due = prepared[0]
-            commands: list[bytes] = []
-            encoded = message.encode()
-            if len(encoded) > self._sure_body:
-                self._check_size(message, encoded)
-            self._enqueue_one(commands, message, due, message.enqueued_ms, ttl,
-                              encoded if self.signer is None else self.signer.sign(encoded))
+            commands = self._call_commands(message, due, message.encode())
             if wait is None:
                 broker.send_one(commands)
             else:
@@ -217,33 +228,9 @@ class StreamQ:
                 self._check_sizes(prepared)
                 break
 
-        seal = self._seal
-
-        def batches() -> Iterator[list[bytes]]:
-            for start in range(0, len(prepared), _BATCH):
-                enq = now_ms()
-                commands: list[bytes] = []
-                # Consecutive calls of one task to one queue, due now, with generated
-                # ids (map()'s case) share one record template and one script call.
-                runs = groupby(prepared[start:start + _BATCH],
-                               key=lambda p: (p[0].task, p[0].queue, p[1] is None and
-                                              queue_of(p[0].id) == p[0].queue and
-                                              not p[0].ignore_result))
-                for (task, queue, shared), items in runs:
-                    run = list(items)
-                    if shared and len(run) > 1:
-                        broker.enqueue_many_command(
-                            commands, queue, [m.id for m, _ in run],
-                            record.enqueued(task, queue, enq, None),
-                            [seal(m) for m, _ in run])
-                    else:
-                        for message, due in run:
-                            self._enqueue_one(commands, message, due, enq, ttl)
-                yield commands
-
         answered: list[bool] = []
         try:
-            reply = broker.send_many(batches(), answered, wait)
+            reply = broker.send_many(self._batches(prepared), answered, wait)
         except BrokerError as exc:
             raise self._partly_enqueued(prepared, answered, exc, wait is not None) from exc
         self._emit_enqueued(prepared)
@@ -251,6 +238,48 @@ class StreamQ:
         handles = [AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at,
                                ignored=m.ignore_result) for m, _ in prepared]
         return handles if wait is None else self._confirmed(reply, handles)
+
+    # The packing below is shared by enqueue() and the asyncio path (``.aio``).
+    def _call_commands(self, message: Message, due: int | None, encoded: str) -> list[bytes]:
+        """The packed commands of one call (``encoded``: its envelope), after the
+        size check."""
+        if len(encoded) > self._sure_body:
+            self._check_size(message, encoded)
+        commands: list[bytes] = []
+        self._enqueue_one(commands, message, due, message.enqueued_ms, self.settings.result_ttl,
+                          encoded if self.signer is None else self.signer.sign(encoded))
+        return commands
+
+    def _batches(self, prepared: Sequence[tuple[Message, int | None]]
+                 ) -> Iterator[list[bytes]]:
+        """The packed commands of many calls, ``_BATCH`` calls per batch (packed lazily,
+        so ``enqueue`` packs the next while the server runs the one before)."""
+        broker, ttl, seal = self.server.broker, self.settings.result_ttl, self._seal
+        for start in range(0, len(prepared), _BATCH):
+            enq = now_ms()
+            commands: list[bytes] = []
+            # Consecutive calls of one task to one queue, due now, with generated
+            # ids (map()'s case) share one record template and one script call.
+            runs = groupby(prepared[start:start + _BATCH],
+                           key=lambda p: (p[0].task, p[0].queue, p[1] is None and
+                                          queue_of(p[0].id) == p[0].queue and
+                                          not p[0].ignore_result))
+            for (task, queue, shared), items in runs:
+                run = list(items)
+                if shared and len(run) > 1:
+                    broker.enqueue_many_command(
+                        commands, queue, [m.id for m, _ in run],
+                        record.enqueued(task, queue, enq, None), [seal(m) for m, _ in run])
+                else:
+                    for message, due in run:
+                        self._enqueue_one(commands, message, due, enq, ttl)
+            yield commands
+
+    async def aenqueue(self, prepared: Sequence[tuple[Message, int | None]], *,
+                       many: bool = False, durable: bool | None = None
+                       ) -> list[_AsyncResult]:
+        """``enqueue`` on the running event loop: see ``streamq.api.aio``."""
+        return await aio.aenqueue(self, prepared, many=many, durable=durable)
 
     def _confirmed(self, reply: Any, handles: list[_AsyncResult]) -> list[_AsyncResult]:
         """``handles``, once the wait's ``reply`` confirms they are durable; else

@@ -6,6 +6,7 @@ enqueued is marked and waited for in one round trip; any other takes two.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from ..base.errors import (
 from ..base.settings import Settings
 from ..data import record, serialization
 from ..data.record import Status
+from ..server.aio import AsyncLinks
 from ..server.link import ServerLink
 from .context import current_task, process_queues
 from .diagnosis import timed_out
@@ -37,6 +39,9 @@ class ResultApp(Protocol):
 
     @property
     def accept_content_types(self) -> set[str]: ...
+
+    @property
+    def aio(self) -> AsyncLinks: ...
 
 
 class AsyncResult:
@@ -172,6 +177,65 @@ class AsyncResult:
                 time.sleep(min(0.1, remaining or 0.1))
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._timed_out(status, timeout)
+
+    # -- asyncio: the same reads awaited (``a`` + the name; see ``streamq.api.aio``) --
+    async def astatus(self) -> str:
+        """``status`` on the running event loop."""
+        link = self.app.aio.current()
+        queue = await self._awhere()
+        status = await link.status(queue, self.id) if queue is not None else None
+        return status or Status.UNKNOWN.value
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True, *,
+                   disable_sync_subtasks: bool = True) -> Any:
+        """``get`` on the running event loop: the same waits (a mark, then a blocking
+        read on a pooled connection of its own) and the same errors. Only a timeout's
+        diagnosis (which workers read the queue) is read with the blocking client."""
+        if self.ignored:
+            self.get()  # raises the ResultError at once, with get()'s words
+        link = self.app.aio.current()
+        queue = await self._awhere()
+        if disable_sync_subtasks and queue is not None:
+            self._refuse_inside_task()  # the queue is known now: no blocking lookup
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        known = self._sent_at is not None and \
+            now - self._sent_at < self.app.settings.result_ttl
+        status: str | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            block = self._max_block_s if remaining is None else \
+                max(0.01, min(remaining, self._max_block_s))
+            payload: bytes | None = None
+            if queue is None:
+                status = None
+            elif known:
+                status, payload = await link.mark_and_wait(queue, self.id, block)
+            else:
+                status = await link.mark(queue, self.id)
+                payload = None if status is None else \
+                    await link.wait_done(queue, self.id, block)
+                known = True
+            if status is None or queue is None:
+                raise self._not_found()
+            if payload is not None:
+                done = record.decode_completion(payload)
+                if done is not None:
+                    return serialization.loads(done[2], done[0], done[1],
+                                               accept=self.app.accept_content_types)
+                rec = await link.read(queue, self.id)
+                if rec.get(record.STATUS) in record.FINAL:
+                    return self._outcome(rec, propagate)
+                if not rec:
+                    raise self._not_found()
+                await asyncio.sleep(min(0.1, remaining or 0.1))  # see get()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self._timed_out(status, timeout)
+
+    async def _awhere(self) -> str | None:
+        if self._queue is None:
+            self._queue = await self.app.aio.current().queue_of(self.id)
+        return self._queue
 
     def _refuse_inside_task(self) -> None:
         ctx = current_task()

@@ -33,6 +33,10 @@ class TaskApp(Protocol):
 
     def value_limit(self) -> int: ...
 
+    async def aenqueue(self, prepared: Sequence[tuple[Message, int | None]], *,
+                       many: bool = False, durable: bool | None = None
+                       ) -> list[AsyncResult]: ...
+
 __all__ = ["CountdownDue", "Task", "TaskApp", "TaskContext", "TaskOptions", "build_message",
            "current_task", "due_ms_from", "running_as"]
 
@@ -206,6 +210,39 @@ class Task(Generic[P, R]):
             for item in iterable
         ]
         return self.app.enqueue(prepared, many=True)
+
+    # -- asyncio: the same calls awaited (``a`` + the name; see ``streamq.api.aio``) --
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
+        """``delay`` on the running event loop: concurrent calls share round trips."""
+        return (await self.app.aenqueue([self.prepare(args, kwargs)]))[0]
+
+    async def aapply_async(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+        durable: bool | None = None,
+        ignore_result: bool | None = None,
+    ) -> AsyncResult:
+        """``apply_async`` on the running event loop. ``durable=True`` (or the app's
+        ``durable`` setting, unless ``durable=False``) is refused with a
+        ``ConfigurationError`` before anything is sent."""
+        message, due = self.prepare(tuple(args), dict(kwargs or {}), countdown=countdown,
+                                    eta=eta, queue=queue, task_id=task_id,
+                                    ignore_result=ignore_result)
+        return (await self.app.aenqueue([(message, due)], durable=durable))[0]
+
+    async def amap(self, iterable: Iterable[Any]) -> list[AsyncResult]:
+        """``map`` on the running event loop (the same items, checks and errors)."""
+        prepared = [
+            self.prepare(item if isinstance(item, tuple) else (item,), {})
+            for item in iterable
+        ]
+        return await self.app.aenqueue(prepared, many=True)
 
     def _call_error(self, kwargs: dict[str, Any], exc: TypeError) -> str:
         """What is wrong with a call, as Python says it: an unexpected keyword first
