@@ -249,3 +249,21 @@ def test_an_unreachable_server_is_one_masked_error(namespace: str) -> None:
             await down.AsyncResult("x@default").astatus()
 
     run(down, main)
+
+
+def test_a_dropped_connection_is_replaced_for_the_next_calls(vapp: StreamQ) -> None:
+    rc = _client(vapp)
+    ns = vapp.settings.namespace
+
+    async def main() -> None:
+        link = vapp.aio.current()
+        await tasks.add.adelay(1, 1)
+        # The server drops every other client, as a restart or its idle timeout would.
+        assert rc.client_kill_filter(_type="normal", skipme=True) >= 1
+        handles = await asyncio.gather(*(tasks.add.adelay(i, 1) for i in range(10)))
+        assert len(handles) == 10
+        assert link.writes == 3  # the write on the dropped connection, then on a new one
+        assert await handles[0].astatus() == "PENDING"
+
+    run(vapp, main)
+    assert rc.xlen(keys.stream(ns, "default")) == 11
