@@ -83,3 +83,13 @@ def test_time_limits_cancel_an_async_task(app: StreamQ, start_worker: Any,
 def test_an_async_task_called_here_is_awaited_here(app: StreamQ) -> None:
     assert asyncio.run(tasks.async_add(2, 3)) == 5
     assert tasks.async_add.is_async and not tasks.add.is_async
+
+
+def test_an_async_task_sent_to_a_queue_of_sync_tasks_still_runs(
+        app: StreamQ, start_worker: Any) -> None:
+    """A worker whose queues have no async task keeps its one-at-a-time loop; an async
+    task routed there anyway runs in it, alone."""
+    w = start_worker(app.settings.url, "-c", "1", "-Q", "plain", *FAST, module=MODULE)
+    handles = [tasks.async_add.apply_async((i, 10), queue="plain") for i in range(3)]
+    assert [h.get(timeout=15) for h in handles] == [10, 11, 12]
+    assert w.stop() == 0

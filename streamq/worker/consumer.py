@@ -93,7 +93,10 @@ class Consumer:
         self.recycled: str | None = None
         """Why this process is being replaced (``recycling.py``): it reads no more."""
         self.handed_back = 0
-        self.has_async = any(t.is_async for t in app.registry.values())
+        # Only the queues read count: a worker of sync queues keeps the faster loop
+        # (an async task routed there anyway runs in it, one at a time).
+        self.has_async = any(t.is_async for t in app.registry.values()
+                             if t.options.queue in self.queues)
         self.threads = Threads(self, settings.threads) \
             if settings.threads > 1 or self.has_async else None
         """Runs tasks in threads (``threaded.py``); None: this loop runs them."""

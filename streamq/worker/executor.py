@@ -78,10 +78,10 @@ class Executor:
         """Raises ``SoftTimeLimitExceeded`` in tasks past their ``soft_timeout`` (its
         ``fire`` is called by the housekeeping thread)."""
         self.signer = signer
-        self.secrets = secrets
-        """Hidden from what a task's error puts in its record, log and dead letter."""
         """Verifies each entry before anything of it is decoded, signs what is written
         back (retries, hand-backs); None: signing is off."""
+        self.secrets = secrets
+        """Hidden from what a task's error puts in its record, log and dead letter."""
         # A signed entry may be a signature longer than the limit its producer checked.
         self.entry_cap = max_message_bytes + (OVERHEAD if signer else 0) \
             if max_message_bytes else 0
@@ -224,6 +224,8 @@ class Executor:
         deeply, containing itself), a retry that cannot be scheduled, each gives a
         ``FAILURE``."""
         d, msg, task = call.delivery, call.message, call.task
+        if task.is_async:  # one routed to a queue of sync tasks: run here, alone
+            return asyncio.run(self.run_async(call))
         started_ms = now_ms()
         t0 = time.perf_counter()
         soft = task.options.soft_timeout
