@@ -11,7 +11,9 @@ the stream for the raw drain); ``raw_drain`` XREADGROUP COUNT 100 (one round tri
 then XACK + XDEL of that batch pipelined (one round trip), N entries in all.
 
 streamq, in a fresh namespace ``streamq-bench-<hex>`` deleted at the end:
-``delay`` N x ``task.delay()`` (to a queue no worker reads); ``map`` ``task.map()``
+``delay`` N x ``task.delay()`` (to a queue no worker reads); ``adelay`` N x
+``task.adelay()`` from one event loop, ``GATHER`` gathered at a time (the same
+queue); ``map`` ``task.map()``
 of N calls in all, which the drain then runs; ``drain`` a real
 ``python -m streamq worker streamq.cli.bench_tasks -c C`` subprocess, timed from the
 FIRST STORED RESULT to the last (interpreter and worker start-up excluded; the
@@ -35,6 +37,7 @@ the row and put back after, next to plain ``delay()`` interleaved with it.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import platform
@@ -57,6 +60,8 @@ ROUNDS = 5
 ROUNDTRIPS = 1000
 ROUNDTRIP_BUDGET_S = 30.0
 WARMUP = 20
+GATHER = 1000
+"""Concurrent ``adelay()`` calls per ``asyncio.gather`` in the ``adelay`` row."""
 SINK_QUEUE = "bench-enqueue-only"
 
 # key: (label, unit, ceiling, target): with a ceiling, value/ceiling >= target;
@@ -64,6 +69,7 @@ SINK_QUEUE = "bench-enqueue-only"
 ROWS: dict[str, tuple[str, str, str | None, float]] = {
     "delay": ("delay(), one at a time", "tasks/s", "xadd_single", 0.80),
     "map": ("map(), bulk enqueue", "tasks/s", "xadd_pipelined", 0.50),
+    "adelay": ("adelay(), 1,000 gathered at a time", "tasks/s", "xadd_pipelined", 0.50),
     "drain": ("drain: worker runs noops", "tasks/s", "raw_drain", 0.30),
     "spread": (f"spread: {bench_spread.PROCESSES} processes run {bench_spread.TASK_S:g} s tasks",
                "tasks/s", "spread_ideal", 0.90),
@@ -168,6 +174,16 @@ def _timed(clock: Clock, phase: str, steps: int, step: Callable[[], Any]) -> flo
     return time.perf_counter() - t0
 
 
+async def _gathered(app: StreamQ, task: Any, size: int, args: tuple[Any, ...]) -> None:
+    """``size`` calls of ``task.adelay()``, ``GATHER`` at a time, on this event loop."""
+    try:
+        for start in range(0, size, GATHER):
+            await asyncio.gather(*(task.adelay(*args)
+                                   for _ in range(min(GATHER, size - start))))
+    finally:
+        await app.aclose()
+
+
 def _raw_drain(r: Ceiling, stream: str, count: int, clock: Clock) -> float:
     """Seconds to read, ack and delete ``count`` entries of ``stream`` in batches."""
     clock.phase = "raw drain"
@@ -186,12 +202,14 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
 
     say(f"enqueue: raw XADD, delay(), raw pipelined XADD, map(): {ROUNDS} alternating "
         f"slices of {n} in all")
-    secs = dict.fromkeys(("xadd_single", "delay", "xadd_pipelined", "map"), 0.0)
+    secs = dict.fromkeys(("xadd_single", "delay", "xadd_pipelined", "map", "adelay"), 0.0)
     for size in [n // ROUNDS + (i < n % ROUNDS) for i in range(ROUNDS)]:
         if size:
             clock.phase = "raw XADD"
             secs["xadd_single"] += r.xadd_single(single, fields, size, clock.check)
             secs["delay"] += _timed(clock, "delay()", size, lambda: sink.delay(*args))
+            secs["adelay"] += _timed(clock, "adelay()", 1, lambda: asyncio.run(
+                _gathered(app, sink, size, args)))  # noqa: B023 - runs in this iteration
             clock.phase = "raw pipelined XADD"
             secs["xadd_pipelined"] += r.xadd_pipelined(stream, fields, size, clock.check)
             # The lambda runs within this iteration, so it sees this slice's size.
