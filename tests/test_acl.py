@@ -91,6 +91,7 @@ def restricted(make_user: MakeUser, namespace: str) -> Iterator[str]:
     try:
         yield url
     finally:
+        tasks.app.configure(max_message_bytes=1024 * 1024)  # the default, for later tests
         tasks.app.close()
 
 
