@@ -149,8 +149,7 @@ class AsyncResult:
             remaining = None if deadline is None else deadline - time.monotonic()
             # Wake-ups every few seconds only re-check a record that may have expired
             # meanwhile; completion wakes the read at once.
-            block = self._max_block_s if remaining is None else \
-                max(0.01, min(remaining, self._max_block_s))
+            block = self._block_s(remaining)
             payload: bytes | None = None
             if queue is None:
                 status = None
@@ -163,15 +162,12 @@ class AsyncResult:
             if status is None:  # no record when marked: nothing will complete
                 raise self._not_found()
             if payload is not None:
-                done = record.decode_completion(payload)
-                if done is not None:
-                    return serialization.loads(done[2], done[0], done[1],
-                                               accept=self.app.accept_content_types)
-                rec = self._record()
-                if rec.get(record.STATUS) in record.FINAL:
-                    return self._outcome(rec, propagate)
-                if not rec:  # forgotten (or expired) while we waited
-                    raise self._not_found()
+                found, value = self._completed(payload)
+                if found:
+                    return value
+                found, value = self._final(self._record(), propagate)
+                if found:
+                    return value
                 # A completion from an earlier run of a requeued task: it answers at
                 # once, so pace the loop instead of spinning on it.
                 time.sleep(min(0.1, remaining or 0.1))
@@ -204,8 +200,7 @@ class AsyncResult:
         status: str | None = None
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
-            block = self._max_block_s if remaining is None else \
-                max(0.01, min(remaining, self._max_block_s))
+            block = self._block_s(remaining)
             payload: bytes | None = None
             if queue is None:
                 status = None
@@ -219,18 +214,37 @@ class AsyncResult:
             if status is None or queue is None:
                 raise self._not_found()
             if payload is not None:
-                done = record.decode_completion(payload)
-                if done is not None:
-                    return serialization.loads(done[2], done[0], done[1],
-                                               accept=self.app.accept_content_types)
-                rec = await link.read(queue, self.id)
-                if rec.get(record.STATUS) in record.FINAL:
-                    return self._outcome(rec, propagate)
-                if not rec:
-                    raise self._not_found()
+                found, value = self._completed(payload)
+                if found:
+                    return value
+                found, value = self._final(await link.read(queue, self.id), propagate)
+                if found:
+                    return value
                 await asyncio.sleep(min(0.1, remaining or 0.1))  # see get()
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._timed_out(status, timeout)
+
+    def _block_s(self, remaining: float | None) -> float:
+        """One blocking read's length: until the deadline, at most ``_max_block_s``."""
+        return self._max_block_s if remaining is None else \
+            max(0.01, min(remaining, self._max_block_s))
+
+    def _completed(self, payload: bytes) -> tuple[bool, Any]:
+        """(True, the value) when a completion carries the result itself."""
+        done = record.decode_completion(payload)
+        if done is None:
+            return False, None
+        return True, serialization.loads(done[2], done[0], done[1],
+                                         accept=self.app.accept_content_types)
+
+    def _final(self, rec: dict[str, Any], propagate: bool) -> tuple[bool, Any]:
+        """(True, the outcome) of a final record; (False, None) of an unfinished one
+        (a completion from an earlier run of a requeued task)."""
+        if rec.get(record.STATUS) in record.FINAL:
+            return True, self._outcome(rec, propagate)
+        if not rec:  # forgotten (or expired) while we waited
+            raise self._not_found()
+        return False, None
 
     async def _awhere(self) -> str | None:
         if self._queue is None:
