@@ -156,3 +156,19 @@ def test_recycling_counts_the_tasks_of_every_thread(app: StreamQ, start_worker: 
     assert sorted(pids.values()) == [5, 10, 10, 10], pids
     assert tasks.count_of("recycled") == 35  # each ran once
     assert w.stop() == 0
+
+
+def test_a_long_task_in_a_busy_thread_pool_keeps_its_lease(app: StreamQ,
+                                                           start_worker: Any) -> None:
+    """Leases are renewed for every task a process runs in threads: a second worker,
+    which would reclaim anything idle for a second, never takes them."""
+    args = ("-c", "1", "--threads", "3", "--claim-after", "1", *FAST)
+    first = start_worker(app.settings.url, *args)
+    long = [tasks.sleep_then_count.delay(f"lease-{i}", 2.5) for i in range(3)]
+    wait_until(lambda: [tasks.count_of(f"lease-{i}") for i in range(3)] == [1, 1, 1],
+               timeout=15, message="all three running")
+    second = start_worker(app.settings.url, *args)
+    assert [h.get(timeout=20) for h in long] == [1, 1, 1]  # each ran once
+    assert [tasks.count_of(f"lease-{i}") for i in range(3)] == [1, 1, 1]
+    assert "Reclaimed" not in second.output()
+    assert first.stop() == 0 and second.stop() == 0
