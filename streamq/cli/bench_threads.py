@@ -11,6 +11,9 @@ concurrency sets (processes x threads / ``SLEEP_S``; target 0.80); ``sleep_async
 the same with ``async def`` tasks awaiting ``asyncio.sleep`` and
 ``--async-concurrency SLEEP_SLOTS``.
 
+``noop_ignore_result``: ``NOOP_TASKS`` noops with ``ignore_result=True`` drained by a
+worker of ``-c`` processes, next to the same drain of noops that keep their records.
+
 Each drain is timed from the ``map()`` that enqueues its tasks to the last success
 (every process has read its queue before: a warm-up round).
 """
@@ -34,11 +37,14 @@ SLEEP_S = 0.05
 SLEEP_PROCESSES = 2
 SLEEP_SLOTS = 16
 READY_TIMEOUT_S = 60.0
+NOOP_TASKS = 20000
+NOOP_QUEUE = "bench-noop-quiet"
 
 
 def _drain(app: StreamQ, r: Ceiling, url: str, ns: str, clock: bp.Clock,
            procs: list[subprocess.Popen[bytes]], task: Any, calls: list[tuple[Any, ...]],
-           processes: int, slots: int, flag: str = "--threads") -> float:
+           processes: int, slots: int, flag: str = "--threads",
+           warmup: Any = None) -> float:
     """Tasks/s of one worker of ``processes`` x ``slots`` (threads, or coroutines with
     ``flag="--async-concurrency"``) draining ``calls``."""
     queue = task.options.queue
@@ -50,7 +56,7 @@ def _drain(app: StreamQ, r: Ceiling, url: str, ns: str, clock: bp.Clock,
         if time.monotonic() > end:
             raise bp.BenchError(f"the {processes} processes of a worker did not all take "
                                 f"a task within {READY_TIMEOUT_S:g}s")
-        for h in task.map([calls[0]] * processes * slots):
+        for h in (warmup or task).map([calls[0]] * processes * slots):
             h.get(timeout=READY_TIMEOUT_S)
     minute0 = int(time.time() // 60)
     before = r.succeeded(ns, queue, minute0)
@@ -90,7 +96,17 @@ def measure(app: StreamQ, r: Ceiling, url: str, ns: str, concurrency: int, clock
     say(f"sleep: the same as async def tasks, --async-concurrency {SLEEP_SLOTS}")
     awaited = _drain(app, r, url, ns, clock, procs, asleep, calls, SLEEP_PROCESSES,
                      SLEEP_SLOTS, "--async-concurrency")
-    out = {"io": many, "io_one_thread": one, "sleep_threads": slept, "sleep_async": awaited,
+    clock.phase = "noop drain without records"
+    noop = app.task(name=bench_tasks.NOOP_NAME, queue=NOOP_QUEUE)(bench_tasks.noop.fn)
+    quiet = app.task(name=bench_tasks.NOOP_NAME, queue=NOOP_QUEUE, ignore_result=True)(
+        bench_tasks.noop.fn)
+    noops: list[tuple[Any, ...]] = [("",)] * NOOP_TASKS
+    say(f"noop drain: {NOOP_TASKS} noops with records, then with ignore_result=True")
+    recorded = _drain(app, r, url, ns, clock, procs, noop, noops, concurrency, 1)
+    unrecorded = _drain(app, r, url, ns, clock, procs, quiet, noops, concurrency, 1,
+                        warmup=noop)
+    out = {"noop_ignore_result": unrecorded, "noop_recorded": recorded,
+           "io": many, "io_one_thread": one, "sleep_threads": slept, "sleep_async": awaited,
            "sleep_limit": round(SLEEP_PROCESSES * SLEEP_SLOTS / SLEEP_S, 1)}
     return out, {"io_tasks": IO_TASKS, "io_default_threads": default,
                  "sleep_tasks": SLEEP_TASKS, "sleep_processes": SLEEP_PROCESSES,

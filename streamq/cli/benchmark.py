@@ -84,6 +84,8 @@ ROWS: dict[str, tuple[str, str, str | None, float]] = {
                        "delay_beside_durable", 0.02),
 }
 ROWS.update({
+    "noop_ignore_result": ("drain: noops with ignore_result=True", "tasks/s",
+                           "noop_recorded", 1.0),
     "io": ("io drain: default --threads", "tasks/s",
            "io_one_thread", 5.0),
     "sleep_threads": (f"sleep drain: {bench_threads.SLEEP_SLOTS} threads x "
@@ -91,11 +93,12 @@ ROWS.update({
     "sleep_async": (f"sleep drain: async def, {bench_threads.SLEEP_SLOTS} x "
                     f"{bench_threads.SLEEP_PROCESSES}", "tasks/s", "sleep_limit", 0.80),
 })
-TASK_CEILINGS = {"delay_beside_durable", "io_one_thread", "sleep_limit"}
+TASK_CEILINGS = {"delay_beside_durable", "io_one_thread", "sleep_limit", "noop_recorded"}
 CEILINGS = {"xadd_single": "raw XADD", "xadd_pipelined": "raw XADD pipelined x100",
             "raw_drain": "raw XREADGROUP+XACK+XDEL",
             "spread_ideal": f"ideal: {bench_spread.PROCESSES} / {bench_spread.TASK_S:g} s",
             "delay_beside_durable": "plain delay(), interleaved",
+            "noop_recorded": "the same, with records",
             "io_one_thread": "the same, --threads 1",
             "sleep_limit": f"limit: {bench_threads.SLEEP_SLOTS} x "
                            f"{bench_threads.SLEEP_PROCESSES} / {bench_threads.SLEEP_S:g} s"}
