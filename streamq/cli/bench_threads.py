@@ -1,7 +1,7 @@
-"""The ``io`` and ``sleep`` rows of ``streamq bench``: tasks that wait, run in threads.
+"""The ``io``, ``sleep`` and quiet-noop rows of ``streamq bench``: many tasks a process.
 
-``io``: ``IO_TASKS`` tasks that each make one blocking round trip of their own to the
-server (an INCR on the task's own client), drained by a worker of ``-c`` processes
+``io``: ``IO_TASKS`` tasks (at most ``-n``) that each make one blocking round trip of
+their own to the server (an INCR on the task's own client), drained by a worker of ``-c`` processes
 with ``--threads 1`` and then with the default threads; the row is the second drain
 next to the first (ratio target: 5).
 
@@ -11,7 +11,7 @@ concurrency sets (processes x threads / ``SLEEP_S``; target 0.80); ``sleep_async
 the same with ``async def`` tasks awaiting ``asyncio.sleep`` and
 ``--async-concurrency SLEEP_SLOTS``.
 
-``noop_ignore_result``: ``NOOP_TASKS`` noops with ``ignore_result=True`` drained by a
+``noop_ignore_result``: ``-n`` noops with ``ignore_result=True`` drained by a
 worker of ``-c`` processes, next to the same drain of noops that keep their records.
 
 Each drain is timed from the ``map()`` that enqueues its tasks to the last success
@@ -37,7 +37,6 @@ SLEEP_S = 0.05
 SLEEP_PROCESSES = 2
 SLEEP_SLOTS = 16
 READY_TIMEOUT_S = 60.0
-NOOP_TASKS = 20000
 NOOP_QUEUE = "bench-noop-quiet"
 
 
@@ -71,8 +70,8 @@ def _drain(app: StreamQ, r: Ceiling, url: str, ns: str, clock: bp.Clock,
     return round(len(calls) / elapsed, 1)
 
 
-def measure(app: StreamQ, r: Ceiling, url: str, ns: str, concurrency: int, clock: bp.Clock,
-            say: Callable[[str], None], procs: list[subprocess.Popen[bytes]]
+def measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: int,
+            clock: bp.Clock, say: Callable[[str], None], procs: list[subprocess.Popen[bytes]]
             ) -> tuple[dict[str, float], dict[str, Any]]:
     """The rows' values and ceilings, and details."""
     io = app.task(name=bench_tasks.IO_NAME, queue=bench_tasks.io.options.queue)(
@@ -82,12 +81,12 @@ def measure(app: StreamQ, r: Ceiling, url: str, ns: str, concurrency: int, clock
     asleep = app.task(name=bench_tasks.ASYNC_SLEEP_NAME,
                       queue=bench_tasks.async_sleep.options.queue)(bench_tasks.async_sleep.fn)
     default = Settings().threads
-    calls: list[tuple[Any, ...]] = [(f"k{i % 64}",) for i in range(IO_TASKS)]
+    io_calls: list[tuple[Any, ...]] = [(f"k{i % 64}",) for i in range(min(IO_TASKS, n))]
     clock.phase = "io"
-    say(f"io: {IO_TASKS} tasks each making one round trip, -c {concurrency} --threads 1")
-    one = _drain(app, r, url, ns, clock, procs, io, calls, concurrency, 1)
+    say(f"io: {len(io_calls)} tasks each making one round trip, -c {concurrency} --threads 1")
+    one = _drain(app, r, url, ns, clock, procs, io, io_calls, concurrency, 1)
     say(f"io: the same with the default --threads {default}")
-    many = _drain(app, r, url, ns, clock, procs, io, calls, concurrency, default)
+    many = _drain(app, r, url, ns, clock, procs, io, io_calls, concurrency, default)
     clock.phase = "sleep"
     say(f"sleep: {SLEEP_TASKS} tasks of {SLEEP_S:g} s, -c {SLEEP_PROCESSES} "
         f"--threads {SLEEP_SLOTS}")
@@ -100,14 +99,14 @@ def measure(app: StreamQ, r: Ceiling, url: str, ns: str, concurrency: int, clock
     noop = app.task(name=bench_tasks.NOOP_NAME, queue=NOOP_QUEUE)(bench_tasks.noop.fn)
     quiet = app.task(name=bench_tasks.NOOP_NAME, queue=NOOP_QUEUE, ignore_result=True)(
         bench_tasks.noop.fn)
-    noops: list[tuple[Any, ...]] = [("",)] * NOOP_TASKS
-    say(f"noop drain: {NOOP_TASKS} noops with records, then with ignore_result=True")
+    noops: list[tuple[Any, ...]] = [("",)] * n
+    say(f"noop drain: {n} noops with records, then with ignore_result=True")
     recorded = _drain(app, r, url, ns, clock, procs, noop, noops, concurrency, 1)
     unrecorded = _drain(app, r, url, ns, clock, procs, quiet, noops, concurrency, 1,
                         warmup=noop)
     out = {"noop_ignore_result": unrecorded, "noop_recorded": recorded,
            "io": many, "io_one_thread": one, "sleep_threads": slept, "sleep_async": awaited,
            "sleep_limit": round(SLEEP_PROCESSES * SLEEP_SLOTS / SLEEP_S, 1)}
-    return out, {"io_tasks": IO_TASKS, "io_default_threads": default,
+    return out, {"io_tasks": len(io_calls), "io_default_threads": default,
                  "sleep_tasks": SLEEP_TASKS, "sleep_processes": SLEEP_PROCESSES,
                  "sleep_slots": SLEEP_SLOTS}

@@ -262,7 +262,8 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
                                                                     say, procs)
     details.update(more)
 
-    threaded, more = bench_threads.measure(app, r, url, ns, concurrency, clock, say, procs)
+    threaded, more = bench_threads.measure(app, r, url, ns, n, concurrency, clock, say,
+                                           procs)
     out.update(threaded)
     details.update(more)
 
