@@ -21,7 +21,8 @@ from tests.conftest import ROOT, wait_until
 def test_2000_tasks_through_two_processes(app: StreamQ, start_worker: Any) -> None:
     results = tasks.add.map([(i, 1000) for i in range(2000)])
     w = start_worker(app.settings.url, "-c", "2", "--log-level", "WARNING")
-    assert len(w.children()) == 2
+    # Ready means one process forked; the second follows at once.
+    wait_until(lambda: len(w.children()) == 2, timeout=10, message="two processes")
     stream = keys.stream(app.settings.namespace, "default")
     client = app.server.connection.client
     try:
