@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING
 
 from ..base.errors import BrokerError, ConfigurationError
 from ..data.message import Message
+from .limits import DEFAULT_VALUE_LIMIT
 from .result import AsyncResult
 
 if TYPE_CHECKING:
     from .app import StreamQ
-
-DEFAULT_VALUE_LIMIT = 512 * 1024 * 1024  # as app.DEFAULT_VALUE_LIMIT: CONFIG refused
 
 
 async def aenqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]], *,

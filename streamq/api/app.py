@@ -19,19 +19,23 @@ from ..base.errors import (
     ConfigurationError,
     EnqueueConnectionError,
     EnqueueError,
-    MessageTooLargeError,
     NotDurableError,
 )
 from ..base.ids import queue_of
 from ..base.settings import Settings, check_queue_name, mask_url
 from ..data import record, serialization
 from ..data.message import Message, now_ms
-from ..data.signing import Signer, signer_for
 from ..server.aio import AsyncLinks
 from ..server.deadletters import DeadLetters
 from ..server.link import ServerLink
 from . import aio
 from .hooks import Hook, Hooks, TaskEvent
+from .limits import (
+    DEFAULT_VALUE_LIMIT,
+    check_size,
+    checked_signer,
+    sure_body,
+)
 from .result import AsyncResult
 from .result import AsyncResult as _AsyncResult  # for annotations: StreamQ.AsyncResult shadows it
 from .task import CountdownDue, P, R, Task, TaskOptions, build_message, due_ms_from
@@ -39,16 +43,6 @@ from .task import CountdownDue, P, R, Task, TaskOptions, build_message, due_ms_f
 log = logging.getLogger(__name__)
 
 _BATCH = 100  # calls per batch, and per script call: bounds how long one blocks the server
-
-DEFAULT_VALUE_LIMIT = 512 * 1024 * 1024
-"""The server's ``proto-max-bulk-len`` by default: assumed when CONFIG is refused."""
-MIN_SERVER_LIMIT = 1024 * 1024
-"""The least ``proto-max-bulk-len`` a server can have."""
-SURE_BODY = 1024 * 1024 // 6 - 16 * 1024
-"""Bodies up to this many characters fit in any server's value limit once wrapped in
-their envelope (the least ``proto-max-bulk-len`` is 1 MiB; quoting turns a character
-into at most 6 bytes), so only longer ones are measured."""
-
 
 class StreamQ:
     """A streamq application: ``@app.task`` registers tasks, ``app.AsyncResult(id)``
@@ -63,7 +57,7 @@ class StreamQ:
         ``serializer``, ``result_ttl``, ...); an unknown name is a ``ConfigurationError``.
         ``STREAMQ_*`` environment variables fill in what is not given."""
         self.settings = Settings.from_env(url=url, **options)
-        self.signer = _checked_signer(self.settings)
+        self.signer = checked_signer(self.settings)
         """Signs every message this app writes (``signing_key``); None: signing off."""
         self.registry: dict[str, Task[Any, Any]] = {}
         self.hooks = Hooks()
@@ -92,7 +86,7 @@ class StreamQ:
         connections, which the next use opens again with the new settings; unknown
         names are a ``ConfigurationError``."""
         settings = self.settings.with_changes(**changes)
-        self.signer = _checked_signer(settings)
+        self.signer = checked_signer(settings)
         self.settings = settings
         self.close()
 
@@ -313,33 +307,12 @@ class StreamQ:
 
     @property
     def _sure_body(self) -> int:
-        """Bodies (and envelopes) up to this many characters fit in every limit, so
-        only longer ones are measured: one ``len()`` on the hot path."""
-        cap = self.settings.max_message_bytes
-        return SURE_BODY if not cap else min(SURE_BODY, cap // 6 - 16 * 1024)
+        return sure_body(self.settings.max_message_bytes)
 
     def _check_size(self, message: Message, encoded: str, where: str = "") -> None:
         """Refuse a message larger than ``max_message_bytes`` or than the server
-        accepts (a long one: measured exactly). The server accepts at least 1 MiB, so
-        it is asked only when ``max_message_bytes`` is off or larger."""
-        cap = self.settings.max_message_bytes
-        limit = cap if cap and cap <= MIN_SERVER_LIMIT else \
-            min(cap or DEFAULT_VALUE_LIMIT, self.value_limit())
-        if len(encoded) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
-            return
-        size = len(encoded.encode("utf-8", "surrogatepass"))
-        if size <= limit:
-            return
-        if limit == cap:
-            raise MessageTooLargeError(
-                f"{message.task}(){where}: its message of {size} bytes exceeds "
-                f"max_message_bytes ({cap}); nothing was sent. Pass a reference to the "
-                f"data (a key, a path, a URL) instead, or raise max_message_bytes "
-                f"(STREAMQ_MAX_MESSAGE_BYTES; 0 disables it)", size, limit)
-        raise MessageTooLargeError(
-            f"{message.task}(){where}: its message of {size} bytes exceeds the "
-            f"server's limit of {limit} bytes (proto-max-bulk-len); nothing was sent",
-            size, limit)
+        accepts (``limits.check_size``)."""
+        check_size(message, encoded, self.settings.max_message_bytes, self.value_limit, where)
 
     def _check_sizes(self, prepared: Sequence[tuple[Message, int | None]]) -> None:
         """``_check_size`` for each long message of several (before any is sent)."""
@@ -396,24 +369,6 @@ class StreamQ:
                             check_queue_name(queue) if queue else self.settings.default_queue,
                             args, dict(kwargs or {}), due)
         return self.enqueue([(msg, due)])[0]
-
-
-PICKLE_FAMILY = frozenset({"pickle", "cloudpickle"})
-"""Serializers whose decoding runs code: accepted only from signed messages."""
-
-
-def _checked_signer(settings: Settings) -> Signer | None:
-    """The signer of ``settings``, after refusing a pickle-family serializer (sent or
-    accepted) without signing: whoever can write to a queue could run any code."""
-    for name in (settings.serializer, *settings.accepted):
-        serialization.content_type_of(name)
-    unsafe = sorted(PICKLE_FAMILY & {settings.serializer, *settings.accepted})
-    if unsafe and not settings.signing_keys:
-        raise ConfigurationError(
-            f"serializer {unsafe[0]!r} lets anyone who can write to a queue run any code "
-            f"in your workers; turn on message signing with signing_key=... (or "
-            f"STREAMQ_SIGNING_KEY) on producers and workers to use it, or use 'json'")
-    return signer_for(settings.signing_keys)
 
 
 _default_app: StreamQ | None = None
