@@ -232,9 +232,7 @@ class Consumer:
 
     def _run(self, call: Call) -> Outcome:
         d, msg = call.delivery, call.message
-        if self.hooks.wants("started"):
-            self.hooks.emit("started", TaskEvent(msg.id, msg.task, msg.queue, msg.retries + 1,
-                                                 d.deliveries))
+        self.emit_started(call)
         held = self.held
         with held.lock:
             held.running = Running(d, "" if msg.ignore_result else msg.id, held.current_since)
@@ -252,6 +250,13 @@ class Consumer:
                 held.running = None
         self._emit(outcome, call, time.perf_counter() - t0)
         return outcome
+
+    def emit_started(self, call: Call) -> None:
+        """The ``started`` hook of a call about to run (here or in a thread)."""
+        if self.hooks.wants("started"):
+            msg = call.message
+            self.hooks.emit("started", TaskEvent(msg.id, msg.task, msg.queue, msg.retries + 1,
+                                                 call.delivery.deliveries))
 
     def _emit(self, o: Outcome, call: Call | None, ran_s: float | None = None) -> None:
         event = COUNTED.get(type(o))

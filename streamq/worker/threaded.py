@@ -24,7 +24,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from ..api.hooks import TaskEvent
 from ..data.outcome import Outcome
 from .aio import AsyncTasks
 from .executor import Call
@@ -156,9 +155,7 @@ class Threads:
             else:
                 self.in_threads += 1
         if is_async:
-            if c.hooks.wants("started"):
-                c.hooks.emit("started", TaskEvent(msg.id, msg.task, msg.queue,
-                                                  msg.retries + 1, d.deliveries))
+            c.emit_started(call)
             assert self.aio is not None
             self.aio.submit(call)
         else:
@@ -171,13 +168,11 @@ class Threads:
         self._settle(call, outcome, ran)
 
     def _work(self, call: Call) -> None:
-        c, d, msg = self.c, call.delivery, call.message
+        c, d = self.c, call.delivery
         outcome: Outcome | None = None
         t0 = time.perf_counter()
         try:
-            if c.hooks.wants("started"):
-                c.hooks.emit("started", TaskEvent(msg.id, msg.task, msg.queue,
-                                                  msg.retries + 1, d.deliveries))
+            c.emit_started(call)
             outcome = c.executor.run(call)
         except BaseException:  # the executor turns every error into an outcome
             log.exception("Task thread failed on message %s; it stays pending and will "
