@@ -158,6 +158,33 @@ def test_recycling_counts_the_tasks_of_every_thread(app: StreamQ, start_worker: 
     assert w.stop() == 0
 
 
+def test_recycling_by_memory_with_threads_runs_every_task_once(
+        vapp: StreamQ, start_worker: Any) -> None:
+    """A task that keeps 160 MB alive, among others running in the same process's
+    threads: the process finishes what it started, hands back what it read, and is
+    replaced; every task runs exactly once, none charged a second delivery."""
+    from collections import Counter
+
+    w = start_worker(vapp.settings.url, "-c", "1", "--threads", "3",
+                     "--max-memory-per-child", "150", *FAST)
+    first = tasks.pid_count.delay("mem").get(timeout=20)
+    before = tasks.pid_count.map(["mem"] * 6)
+    grew = tasks.pid_count.delay("mem", 160)
+    behind = tasks.pid_count.map(["mem"] * 12)  # read in the old process or the new one
+    assert {h.get(timeout=30) for h in before} == {first}
+    assert grew.get(timeout=30) == first  # it ran in the same process, then it was replaced
+    pids = Counter(h.get(timeout=30) for h in behind)
+    after = [tasks.pid_count.delay("mem").get(timeout=20) for _ in range(3)]
+    assert first not in after and len(set(after)) == 1  # one new, lean process
+    assert set(pids) <= {first, after[0]}, pids
+    assert tasks.count_of("mem") == 1 + 6 + 1 + 12 + 3  # each ran once: none lost or doubled
+    assert all(h.info["deliveries"] == 1 for h in [*before, grew, *behind])
+    out = wait_until(lambda: "recycled with RSS" in (o := w.output()) and o,
+                     message="the recycle line")
+    assert out.count("recycled") == 1 and "died" not in out, out
+    assert w.stop() == 0
+
+
 def test_a_long_task_in_a_busy_thread_pool_keeps_its_lease(app: StreamQ,
                                                            start_worker: Any) -> None:
     """Leases are renewed for every task a process runs in threads: a second worker,
