@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..base.errors import BrokerError, ConfigurationError
 from ..data.message import Message
+from . import eager
 from .limits import DEFAULT_VALUE_LIMIT
 from .result import AsyncResult
 
@@ -37,6 +38,8 @@ async def aenqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]],
             "durable enqueue is not available from asyncio (adelay, aapply_async, amap); "
             "nothing was sent. Pass durable=False to aapply_async, or enqueue durably "
             "with delay()/apply_async() (e.g. in asyncio.to_thread)")
+    if app.settings.eager:  # run here and now, without a server (streamq.api.eager)
+        return await eager.aenqueue(app, prepared)
     link = app.aio.current()
     sure = app._sure_body
     if len(prepared) == 1 and not many:

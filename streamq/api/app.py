@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from itertools import groupby
 from typing import Any, overload
 
@@ -28,7 +29,7 @@ from ..data.message import Message, now_ms
 from ..server.aio import AsyncLinks
 from ..server.deadletters import DeadLetters
 from ..server.link import ServerLink
-from . import aio
+from . import aio, eager
 from .hooks import Hook, Hooks, TaskEvent
 from .limits import (
     DEFAULT_VALUE_LIMIT,
@@ -82,9 +83,8 @@ class StreamQ:
             self._server.masked_url
 
     def configure(self, **changes: Any) -> None:
-        """Replace settings (e.g. the worker's ``--url``). Closes this app's
-        connections, which the next use opens again with the new settings; unknown
-        names are a ``ConfigurationError``."""
+        """Replace settings (e.g. the worker's ``--url``); unknown names are a
+        ``ConfigurationError``. The connections are closed, to reopen with them."""
         settings = self.settings.with_changes(**changes)
         self.signer = checked_signer(settings)
         self.settings = settings
@@ -110,10 +110,9 @@ class StreamQ:
             self._server = None
 
     def value_limit(self) -> int:
-        """The largest value, in bytes, the server accepts as one command argument (a
-        message, a result): its ``proto-max-bulk-len``, read on first use and kept
-        until ``close()``; 512 MiB (the default) when CONFIG is refused. Raises
-        ``BrokerConnectionError`` when the server cannot be reached."""
+        """The largest value in bytes the server accepts as one argument (a message, a
+        result): its ``proto-max-bulk-len``, kept until ``close()``; 512 MiB when CONFIG
+        is refused. Raises ``BrokerConnectionError`` when the server cannot be reached."""
         limit = self._value_limit
         if limit is None:
             try:
@@ -179,7 +178,11 @@ class StreamQ:
         return self.server.dead
 
     def AsyncResult(self, task_id: str) -> _AsyncResult:  # noqa: N802 - Celery's spelling
-        return AsyncResult(task_id, self)
+        return eager.lookup(self, task_id) or AsyncResult(task_id, self)
+
+    def eager(self, on: bool = True) -> AbstractContextManager[None]:
+        """Eager mode on (or off) in a ``with`` block, then as before: ``streamq.api.eager``."""
+        return eager.eager_mode(self, on)
 
     # -- enqueue ----------------------------------------------------------------------
     def enqueue(self, prepared: Sequence[tuple[Message, int | None]], *, many: bool = False,
@@ -199,6 +202,8 @@ class StreamQ:
         rides behind the last write, and ``NotDurableError`` says when it was not
         confirmed (the calls were written and may run)."""
         s = self.settings
+        if s.eager:  # run here and now, without a server (streamq.api.eager)
+            return eager.enqueue(self, prepared)
         broker = self.server.broker
         wait = broker.durable_wait(s.durable_replicas, s.durable_timeout_s, s.socket_timeout_s
                                    ) if (s.durable if durable is None else durable) else None
@@ -235,8 +240,7 @@ class StreamQ:
 
     # The packing below is shared by enqueue() and the asyncio path (``.aio``).
     def _call_commands(self, message: Message, due: int | None, encoded: str) -> list[bytes]:
-        """The packed commands of one call (``encoded``: its envelope), after the
-        size check."""
+        """The packed commands of one call (``encoded``: its envelope), size-checked."""
         if len(encoded) > self._sure_body:
             self._check_size(message, encoded)
         commands: list[bytes] = []
@@ -246,8 +250,7 @@ class StreamQ:
 
     def _batches(self, prepared: Sequence[tuple[Message, int | None]]
                  ) -> Iterator[list[bytes]]:
-        """The packed commands of many calls, ``_BATCH`` calls per batch (packed lazily,
-        so ``enqueue`` packs the next while the server runs the one before)."""
+        """The packed commands of many calls, ``_BATCH`` calls per batch, packed lazily."""
         broker, ttl, seal = self.server.broker, self.settings.result_ttl, self._seal
         for start in range(0, len(prepared), _BATCH):
             enq = now_ms()
@@ -310,8 +313,7 @@ class StreamQ:
         return sure_body(self.settings.max_message_bytes)
 
     def _check_size(self, message: Message, encoded: str, where: str = "") -> None:
-        """Refuse a message larger than ``max_message_bytes`` or than the server
-        accepts (``limits.check_size``)."""
+        """Refuse a message over a size limit (``limits.check_size``)."""
         check_size(message, encoded, self.settings.max_message_bytes, self.value_limit, where)
 
     def _check_sizes(self, prepared: Sequence[tuple[Message, int | None]]) -> None:

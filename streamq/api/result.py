@@ -97,6 +97,18 @@ class AsyncResult:
             rec[record.RESULT] = self._decode_result(rec)
         return rec
 
+    @property
+    def result(self) -> Any:
+        """The value once ``SUCCESS``, the ``TaskFailed`` once failed (Celery's
+        ``result``), else None; never waits."""
+        rec = self._record()
+        return self._outcome(rec, False) if rec.get(record.STATUS) in record.FINAL else None
+
+    @property
+    def traceback(self) -> str | None:
+        """The traceback text of the last failed attempt, if any."""
+        return self._record().get(record.TRACEBACK) or None
+
     def ready(self) -> bool:
         return self.status in record.FINAL
 

@@ -161,6 +161,9 @@ class Settings:
     """With ``durable``: replicas that must also have the write."""
     durable_timeout_s: float = 1.0
     """How long a durable enqueue waits for the disk (and replicas)."""
+    eager: bool = False
+    """Run each call here and now, in the caller, instead of enqueueing it: for unit
+    tests (``STREAMQ_EAGER=1``; see ``streamq.api.eager``). Nothing connects."""
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -285,7 +288,7 @@ _FROM_ENV: dict[str, Callable[[str], Any]] = {
     "async_concurrency": int, "signing_key": lambda raw: tuple(
         k.strip() for k in raw.split(",") if k.strip()),
     "max_message_bytes": int, "max_result_bytes": int, "durable": _boolean,
-    "durable_replicas": int, "durable_timeout_s": float,
+    "durable_replicas": int, "durable_timeout_s": float, "eager": _boolean,
 }
 """Settings that ``STREAMQ_<NAME>`` sets (``STREAMQ_URL``, ``STREAMQ_NAMESPACE``, ...)."""
 
