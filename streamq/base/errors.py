@@ -16,6 +16,8 @@ Error tree (all derive from ``StreamQError``)::
     │       └── EnqueueConnectionError    ... because the server could not be reached
     │                                     (also a BrokerConnectionError)
     ├── EmbeddedServerError           the embedded Valkey server could not be started
+    ├── ChainError                    (a record's error) an earlier step of its chain failed
+    │   └── ChordError                (a chord body's) a member failed for good: no body ran
     └── ResultError
         ├── ResultTimeoutError        (also a builtin TimeoutError) get() timed out; says
         │                             whether any live worker reads the task's queue
@@ -138,6 +140,16 @@ class EnqueueConnectionError(EnqueueError, BrokerConnectionError):
 
 class EmbeddedServerError(StreamQError):
     """The embedded Valkey server could not be started or found."""
+
+
+class ChainError(StreamQError):
+    """The error a canvas step's record carries when it never ran because the step
+    before it failed for good; its message names that step."""
+
+
+class ChordError(ChainError):
+    """The error of a chord body that never ran: a member failed for good (the
+    default ``on_error="fail"``); its message names the member."""
 
 
 class ResultError(StreamQError):
