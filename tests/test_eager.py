@@ -308,11 +308,17 @@ def test_the_context_manager_turns_it_on_and_restores_it_nested(vapp: StreamQ) -
 def _outcome(handle: AsyncResult) -> tuple[Any, ...]:
     value = handle.get(timeout=30, propagate=False)
     if isinstance(value, TaskFailed):
+        result = handle.result
+        assert isinstance(result, TaskFailed) and str(result) == str(value)
+        assert handle.traceback == (value.traceback or None)
         return (handle.status, value.exc_type, value.exc_message,
                 [c.__name__ for c in type(value).__mro__[1:3]], bool(value.traceback))
     if isinstance(value, dict) and "id" in value:  # context(): its own id
         value = {**value, "id": value["id"] == handle.id}
-    return (handle.status, value)
+    else:
+        assert handle.result == value
+    # After retries, the record keeps the last failed attempt's error and traceback.
+    return (handle.status, value, handle.info.get("exc_message"), bool(handle.traceback))
 
 
 def test_eager_outcomes_match_a_real_workers(vapp: StreamQ, start_worker: Any) -> None:

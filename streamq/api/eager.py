@@ -25,10 +25,10 @@ import time
 import traceback
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..base.backoff import compute_backoff
 from ..base.errors import EncodeError, Reject, Retry, TaskNotRegisteredError
@@ -157,9 +157,7 @@ def run_inline(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, An
 
 def enqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]]
             ) -> list[AsyncResult]:
-    """``StreamQ.enqueue`` in eager mode: each call runs at once, in order. An ``async
-    def`` task runs under ``asyncio.run`` (in a thread of its own if this thread
-    already runs an event loop)."""
+    """``StreamQ.enqueue`` in eager mode: each call runs at once, in order."""
     tasks = _checked(app, prepared)
     return [_one(app, m, due, task) for (m, due), task in zip(prepared, tasks, strict=True)]
 
@@ -167,7 +165,7 @@ def enqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]]
 def _one(app: StreamQ, message: Message, due: int | None, task: Task[Any, Any]
          ) -> EagerResult:
     app._emit_enqueued([(message, due)])
-    return _kept(app, message, _attempts(app, task, message, _sync_call))
+    return _kept(app, message, _attempts(app, task, message))
 
 
 async def aenqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]]
@@ -213,42 +211,32 @@ def _kept(app: StreamQ, message: Message, rec: dict[str, Any]) -> EagerResult:
     return handle
 
 
-def _sync_call(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+def _attempts(app: StreamQ, task: Task[Any, Any], msg: Message) -> dict[str, Any]:
+    """``_aattempts`` from blocking code: an ``async def`` task under ``asyncio.run``
+    (in a thread of its own if this thread already runs an event loop)."""
+    attempts = _aattempts(app, task, msg)
     if not task.is_async:
-        return task.fn(*args, **kwargs)
-    coro = task.fn(*args, **kwargs)
+        # Nothing in it awaits, so it finishes at its first step, with no event loop.
+        try:
+            attempts.send(None)
+        except StopIteration as done:
+            rec: dict[str, Any] = done.value
+            return rec
+        raise AssertionError("the attempts of a sync task awaited something")
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no loop in this thread: the common case
-        return asyncio.run(coro)
-    # Called from a coroutine (a sync delay() in an async test): run the task on a
-    # loop of its own in a thread, with this context (``current_task()``).
+        return asyncio.run(attempts)
+    # Called from a coroutine (a blocking delay() in an async test): a loop of its own
+    # in a thread, with this context (``current_task()`` of an enclosing task).
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(contextvars.copy_context().run, asyncio.run, coro).result()
-
-
-def _attempts(app: StreamQ, task: Task[Any, Any], msg: Message,
-              call: Callable[[Task[Any, Any], list[Any], dict[str, Any]], Any]
-              ) -> dict[str, Any]:
-    """Run ``msg`` and its retries; the final record."""
-    while True:
-        args, kwargs = _arguments(app, msg)
-        _started(app, msg)
-        started_ms, t0 = now_ms(), time.perf_counter()
-        try:
-            with running_as(TaskContext(msg.id, msg.task, msg.queue, msg.retries, 1)):
-                value = call(task, args, kwargs)
-        except Exception as exc:
-            step = _raised(app, task, msg, exc, started_ms, time.perf_counter() - t0)
-        else:
-            step = _returned(app, task, msg, value, started_ms, time.perf_counter() - t0)
-        if not isinstance(step, Message):
-            return step
-        msg = step
+        return pool.submit(contextvars.copy_context().run, asyncio.run, attempts).result()
 
 
 async def _aattempts(app: StreamQ, task: Task[Any, Any], msg: Message) -> dict[str, Any]:
-    """``_attempts`` with an ``async def`` task awaited on the running loop."""
+    """Run ``msg`` and its retries (an ``async def`` task awaited); the final record, over
+    the retries' fields (a worker's record keeps the last failed attempt's error)."""
+    carried: list[Any] = []
     while True:
         args, kwargs = _arguments(app, msg)
         _started(app, msg)
@@ -262,9 +250,9 @@ async def _aattempts(app: StreamQ, task: Task[Any, Any], msg: Message) -> dict[s
             step = _raised(app, task, msg, exc, started_ms, time.perf_counter() - t0)
         else:
             step = _returned(app, task, msg, value, started_ms, time.perf_counter() - t0)
-        if not isinstance(step, Message):
-            return step
-        msg = step
+        if not isinstance(step, Retrying):
+            return _final(msg, carried + step)
+        msg, carried = step.message, carried + step.fields
 
 
 def _arguments(app: StreamQ, msg: Message) -> tuple[list[Any], dict[str, Any]]:
@@ -285,10 +273,17 @@ def _base(msg: Message) -> dict[str, Any]:
     return dict(zip(pairs[::2], pairs[1::2], strict=True))
 
 
-def _final(msg: Message, pairs: Iterable[Any]) -> dict[str, Any]:
+class Retrying(NamedTuple):
+    """An attempt that will run again: the next attempt's message, the retry's fields."""
+
+    message: Message
+    fields: list[Any]
+
+
+def _final(msg: Message, pairs: list[Any]) -> dict[str, Any]:
+    """The record as a worker leaves it: as enqueued, then each write's ``pairs``."""
     rec = _base(msg)
-    items = list(pairs)
-    rec.update(zip(items[::2], items[1::2], strict=True))
+    rec.update(zip(pairs[::2], pairs[1::2], strict=True))
     rec[record.RETRIES] = msg.retries
     return rec
 
@@ -309,8 +304,8 @@ def _text(value: object) -> str:
 
 
 def _returned(app: StreamQ, task: Task[Any, Any], msg: Message, value: Any,
-              started_ms: int, runtime_s: float) -> dict[str, Any]:
-    """The record of a call that returned ``value``: SUCCESS, or the FAILURE a worker
+              started_ms: int, runtime_s: float) -> list[Any]:
+    """The fields of a call that returned ``value``: SUCCESS, or the FAILURE a worker
     records for a result it cannot store."""
     try:
         ct, ce, payload = serialization.dumps(value, app.settings.serializer, "the result",
@@ -333,13 +328,13 @@ def _returned(app: StreamQ, task: Task[Any, Any], msg: Message, value: Any,
               now_ms(), record.RUNTIME_MS, int(runtime_s * 1000), record.WORKER, WORKER]
     if ce != "utf-8":
         fields += [record.RESULT_CE, ce]
-    return _final(msg, fields)
+    return fields
 
 
 def _raised(app: StreamQ, task: Task[Any, Any], msg: Message, exc: Exception,
-            started_ms: int, runtime_s: float) -> dict[str, Any] | Message:
-    """What a worker makes of a task that raised ``exc`` (``Outcomes._raised``): the
-    next attempt's message, or the final record."""
+            started_ms: int, runtime_s: float) -> list[Any] | Retrying:
+    """What a worker makes of a task that raised ``exc`` (``Outcomes._raised``): a
+    retry, or the final fields."""
     secrets = app.settings.secrets
     if isinstance(exc, Retry):
         countdown = exc.countdown
@@ -356,8 +351,8 @@ def _raised(app: StreamQ, task: Task[Any, Any], msg: Message, exc: Exception,
         if app.hooks.wants("dead"):
             app.hooks.emit("dead", TaskEvent(msg.id, msg.task, msg.queue, msg.retries + 1, 1,
                                              runtime_s, error=reason))
-        return _final(msg, record.dead(reason=reason, task=msg.task, deliveries=1,
-                                       dead_at_ms=now_ms(), worker=WORKER))
+        return record.dead(reason=reason, task=msg.task, deliveries=1, dead_at_ms=now_ms(),
+                           worker=WORKER)
     tb, text = redact(traceback.format_exc(), secrets), redact(_text(exc), secrets)
     if isinstance(exc, task.options.autoretry_for):
         return _retry_or_fail(app, task, msg, _type_name(exc), text, tb, started_ms,
@@ -367,7 +362,7 @@ def _raised(app: StreamQ, task: Task[Any, Any], msg: Message, exc: Exception,
 
 def _retry_or_fail(app: StreamQ, task: Task[Any, Any], msg: Message, exc_type: str,
                    exc_message: str, tb: str, started_ms: int, runtime_s: float,
-                   countdown: float | None = None) -> dict[str, Any] | Message:
+                   countdown: float | None = None) -> list[Any] | Retrying:
     opts = task.options
     if msg.retries >= opts.max_retries:
         return _failed(app, msg, exc_type, exc_message, tb, started_ms, runtime_s)
@@ -378,16 +373,19 @@ def _retry_or_fail(app: StreamQ, task: Task[Any, Any], msg: Message, exc_type: s
     if app.hooks.wants("retried"):
         app.hooks.emit("retried", TaskEvent(msg.id, msg.task, msg.queue, msg.retries + 1, 1,
                                             runtime_s, error=error, countdown_s=delay))
-    return msg.with_retry(error, None)
+    fields = record.retry(retries=msg.retries + 1, deliveries=1, exc_type=exc_type,
+                          exc_message=exc_message, traceback=tb,
+                          eta_ms=now_ms() + int(delay * 1000), started_ms=started_ms,
+                          worker=WORKER)
+    return Retrying(msg.with_retry(error, None), fields)
 
 
 def _failed(app: StreamQ, msg: Message, exc_type: str, exc_message: str, tb: str,
-            started_ms: int, runtime_s: float) -> dict[str, Any]:
+            started_ms: int, runtime_s: float) -> list[Any]:
     if app.hooks.wants("failed"):
         app.hooks.emit("failed", TaskEvent(msg.id, msg.task, msg.queue, msg.retries + 1, 1,
                                            runtime_s, error=f"{exc_type}: {exc_message}"))
-    return _final(msg, record.failure(exc_type=exc_type, exc_message=exc_message,
-                                      traceback=tb, retries=msg.retries, deliveries=1,
-                                      started_ms=started_ms, finished_ms=now_ms(),
-                                      worker=WORKER))
+    return record.failure(exc_type=exc_type, exc_message=exc_message, traceback=tb,
+                          retries=msg.retries, deliveries=1, started_ms=started_ms,
+                          finished_ms=now_ms(), worker=WORKER)
 
