@@ -30,6 +30,7 @@ from ..server.aio import AsyncLinks
 from ..server.deadletters import DeadLetters
 from ..server.link import ServerLink
 from . import aio, eager
+from . import periodic as _periodic
 from .hooks import Hook, Hooks, TaskEvent
 from .limits import (
     DEFAULT_VALUE_LIMIT,
@@ -47,16 +48,12 @@ _BATCH = 100  # calls per batch, and per script call: bounds how long one blocks
 
 class StreamQ:
     """A streamq application: ``@app.task`` registers tasks, ``app.AsyncResult(id)``
-    reads results. ``url`` is a redis://, rediss:// or unix:// URL; None means
-    ``STREAMQ_URL``, then the embedded Valkey server of the project: the nearest
-    directory, from the working directory up, that holds ``.streamq/``,
-    ``pyproject.toml`` or ``.git`` (else the working directory). It is started on
-    first use if it is not running, and the process says once which server it uses."""
+    reads results. ``url``: redis://, rediss:// or unix://; None: ``STREAMQ_URL``, else
+    the project's embedded Valkey server, started on first use (``server.embedded``)."""
 
     def __init__(self, url: str | None = None, **options: Any) -> None:
-        """``options`` are ``Settings`` fields (``namespace``, ``default_queue``,
-        ``serializer``, ``result_ttl``, ...); an unknown name is a ``ConfigurationError``.
-        ``STREAMQ_*`` environment variables fill in what is not given."""
+        """``options``: ``Settings`` fields (``namespace``, ``serializer``, ``result_ttl``,
+        ...; an unknown one: ``ConfigurationError``); ``STREAMQ_*`` variables fill in the rest."""
         self.settings = Settings.from_env(url=url, **options)
         self.signer = checked_signer(self.settings)
         """Signs every message this app writes (``signing_key``); None: signing off."""
@@ -183,6 +180,9 @@ class StreamQ:
     def eager(self, on: bool = True) -> AbstractContextManager[None]:
         """Eager mode on (or off) in a ``with`` block, then as before: ``streamq.api.eager``."""
         return eager.eager_mode(self, on)
+
+    periodic = _periodic.periodic  # @app.periodic(cron=... or every=...): api/periodic.py
+    add_periodic = _periodic.add_periodic
 
     # -- enqueue ----------------------------------------------------------------------
     def enqueue(self, prepared: Sequence[tuple[Message, int | None]], *, many: bool = False,

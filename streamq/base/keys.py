@@ -22,10 +22,26 @@ key                                 type          what / owner / lifetime
 ``ns:{q}:done:<task id>``           list          the outcome, pushed when a record a waiter
                                                   marked turns final; ``AsyncResult.get``
                                                   blocks on it. TTL min(result_ttl, 10 s).
+``ns:{q}:outbox``                   hash          canvas forwards a step's outcome wrote in the same
+                                                  step that acknowledged it: item id -> forward
+                                                  (``streamq.data.outcome.Forward``); deleted
+                                                  once forwarded. TTL ``result_ttl``.
+``ns:{q}:outbox:due``               sorted set    item id -> when written (server ms): the sweep
+                                                  re-forwards items older than a few seconds.
+``ns:{q}:chord:<body id>``          hash          a chord's state, on its body's slot: ``n``,
+                                                  ``mode``, ``m`` (the body's message), ``count``,
+                                                  ``fired``. TTL ``result_ttl``, refreshed by
+                                                  each contribution.
+``ns:{q}:chord:<body id>:results``  hash          member index -> its contribution (a result or
+                                                  a failure); TTL as the state's.
 ``ns:id:{<task id>}``               string        the queue of a task whose id the caller chose
                                                   (generated ids carry their queue); TTL as
                                                   the record's.
+``ns:{q}:periodic:<name>``          hash          a periodic schedule's state (``streamq.server.
+                                                  periodic``): definition in force, next tick,
+                                                  last call; TTL 1 day, refreshed by workers.
 ``ns:queues``                       set           every queue name ever enqueued to.
+``ns:periodic``                     hash          schedule name -> its queue (the index).
 ``ns:workers``                      sorted set    worker id -> last heartbeat (ms).
 ``ns:worker:<worker id>``           hash          worker description and counters; 1 hour.
 ==================================  ============  =================================================
@@ -73,6 +89,23 @@ def done(ns: str, queue: str, task_id: str) -> str:
     return f"{_q(ns, queue)}:done:{task_id}"
 
 
+def outbox(ns: str, queue: str) -> str:
+    return f"{_q(ns, queue)}:outbox"
+
+
+def outbox_due(ns: str, queue: str) -> str:
+    return f"{_q(ns, queue)}:outbox:due"
+
+
+def chord(ns: str, queue: str, body_id: str) -> str:
+    """A chord's state, on the slot of its body's queue."""
+    return f"{_q(ns, queue)}:chord:{body_id}"
+
+
+def chord_results(ns: str, queue: str, body_id: str) -> str:
+    return f"{_q(ns, queue)}:chord:{body_id}:results"
+
+
 def task_queue(ns: str, task_id: str) -> str:
     """Where a caller-chosen task id records its queue."""
     return f"{ns}:id:{{{task_id}}}"
@@ -88,3 +121,12 @@ def workers(ns: str) -> str:
 
 def worker(ns: str, worker_id: str) -> str:
     return f"{ns}:worker:{worker_id}"
+
+
+def periodic(ns: str, queue: str, name: str) -> str:
+    """A periodic schedule's state, on the slot of the queue its calls go to."""
+    return f"{_q(ns, queue)}:periodic:{name}"
+
+
+def periodic_index(ns: str) -> str:
+    return f"{ns}:periodic"

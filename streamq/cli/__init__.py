@@ -16,6 +16,7 @@ from .bench import bench
 from .dead import dead
 from .demo import demo
 from .enqueue import enqueue
+from .periodic import periodic
 from .probe import probe
 from .results import result
 from .server import server
@@ -35,7 +36,7 @@ def cli() -> None:
     """
 
 
-for _command in (worker, server, status, result, enqueue, dead, demo, bench, probe):
+for _command in (worker, server, status, result, enqueue, dead, periodic, demo, bench, probe):
     cli.add_command(_command)
 
 
