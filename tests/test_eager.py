@@ -41,6 +41,7 @@ from streamq import (
 from streamq.api.eager import EagerResult, is_eager, run_inline
 from tests import eager_tasks as et
 from tests import tasks
+from tests.conftest import ROOT
 from tests.test_readme import _files
 
 app = et.app
@@ -463,3 +464,16 @@ def test_the_readmes_example_test_passes(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "4 passed" in run.stdout, run.stdout + run.stderr
     assert not (project / ".streamq").exists()
+
+
+def test_a_worker_refuses_an_app_in_eager_mode(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMQ_")}
+    env.update(STREAMQ_EAGER="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    run = subprocess.run([sys.executable, "-m", "streamq", "worker", "tests.tasks", "--url",
+                          f"redis://127.0.0.1:{_closed_port()}/0"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "streamq: error: the app is in eager mode (eager=True or STREAMQ_EAGER=1, meant for "
+        "unit tests): a task that enqueues another would run it in place; unset it for "
+        "workers"], run.stderr

@@ -43,7 +43,7 @@ from .result import AsyncResult
 
 if TYPE_CHECKING:
     from .app import StreamQ
-    from .task import Task
+    from .task import Task, TaskApp
 
 __all__ = ["EagerResult", "eager_mode", "is_eager", "lookup", "run_inline"]
 
@@ -104,7 +104,7 @@ class EagerResult(AsyncResult):
         return self.status
 
 
-def is_eager(app: StreamQ) -> bool:
+def is_eager(app: TaskApp) -> bool:
     """Whether ``app``'s calls run inline now (its ``eager`` setting, or ``app.eager()``)."""
     return app.settings.eager
 

@@ -83,6 +83,10 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
     reload_dirs = reloading.module_dirs(modules) if reload else None
     if not app.registry:
         raise ConfigurationError(f"no tasks are registered by {', '.join(modules)}")
+    if app.settings.eager:
+        raise ConfigurationError(
+            "the app is in eager mode (eager=True or STREAMQ_EAGER=1, meant for unit tests): "
+            "a task that enqueues another would run it in place; unset it for workers")
     # Resolved before any fork (this may start the embedded server), then every change
     # in one configure: the processes inherit settings that no longer move.
     resolved = url or app.server.url
