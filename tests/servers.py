@@ -81,7 +81,8 @@ def _free_port() -> int:
 class ServerProcess:
     """A server started for tests; see the module docstring."""
 
-    def __init__(self, kind: str, workdir: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, kind: str, workdir: Path, *, appendonly: bool = False,
+                 appendfsync: str = "everysec", extra_args: tuple[str, ...] = ()) -> None:
         binary = binary_path(kind)
         if binary is None:
             raise RuntimeError(f"the {kind} server binary is not installed")
@@ -89,6 +90,8 @@ class ServerProcess:
         self.binary = binary
         self.workdir = Path(workdir)
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.extra_args = extra_args
         self.log = self.workdir / f"{kind}-server.log"
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -156,9 +159,9 @@ class ServerProcess:
             self.binary,
             "--port", str(self._port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec", "--dir", str(self.workdir),
+            "--appendfsync", self.appendfsync, "--dir", str(self.workdir),
             "--maxmemory-policy", "noeviction", "--logfile", str(self.log),
-            "--daemonize", "no",
+            "--daemonize", "no", *self.extra_args,
         ]  # fmt: skip
         if self.kind == "cluster":
             # The bus port defaults to port + 10000, which may be above 65535 or taken.

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
+from . import sentinelurl
 from .errors import ConfigurationError
 
-_SCHEMES = ("redis", "rediss", "unix")
+_SCHEMES = ("redis", "rediss", "unix", sentinelurl.SCHEME)
 
 
 _PASSWORD = re.compile(r"^([a-z+]+://[^:/?#@]*):(.*)@(?=[^@]*$)", re.IGNORECASE)
@@ -71,8 +72,11 @@ def validate_url(url: str) -> str:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in _SCHEMES:
         raise ConfigurationError(
-            f"invalid server URL {mask_url(url)!r}: expected redis://, rediss:// or unix://"
-        )
+            f"invalid server URL {mask_url(url)!r}: expected redis://, rediss://, unix:// "
+            f"or redis+sentinel://")
+    if scheme == sentinelurl.SCHEME:
+        sentinelurl.parse(url, mask_url(url))
+        return url
     # Split by hand, after any password: a password may hold '?' (see mask_url).
     found = _PASSWORD.match(url)
     tail = url[found.end():] if found else url

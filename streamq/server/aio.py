@@ -31,12 +31,14 @@ import redis.asyncio
 from ..base import keys
 from ..base.errors import BrokerConnectionError, BrokerError, ConfigurationError
 from ..base.ids import queue_of
+from ..base.sentinelurl import is_sentinel
 from ..base.settings import Settings, mask_url, scrub, validate_url
 from ..data import record
-from . import scripts
+from . import scripts, sentinel
 from .broker import as_str
 from .connection import check_tls_files, translate
 from .records import GONE, GONE_TTL_MS
+from .sentinel import failed_over
 from .transport import pack
 
 MAX_CALLS = 1000
@@ -49,9 +51,10 @@ def _client(url: str, settings: Settings, *, blocking: bool) -> redis.asyncio.Re
     timeout = settings.socket_timeout_s + (settings.block_ms / 1000.0 if blocking else 0.0)
     validate_url(url)
     try:
-        client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=settings.connect_timeout_s,
-            health_check_interval=30)
+        options: dict[str, Any] = dict(socket_timeout=timeout, health_check_interval=30,
+                                       socket_connect_timeout=settings.connect_timeout_s)
+        client = sentinel.async_client(url, **options) if is_sentinel(url) else \
+            redis.asyncio.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigurationError(
             f"invalid server URL {mask_url(url)!r}: {scrub(str(exc), url)} (percent-encode "
@@ -175,6 +178,11 @@ class AsyncLink:
             try:
                 async with asyncio.timeout(self.settings.socket_timeout_s):
                     replies = await self._exchange(conn, commands)
+                failures = [_failure(got) for got in replies]
+                if attempt == 1 and any(failed_over(f) for f in failures if f is not None):
+                    # A demoted primary (a failover) refused the writes: again on a
+                    # connection to the new one.
+                    raise redis.ConnectionError("the server is no longer the primary")
                 break
             except BaseException as exc:
                 # Replies may be left unread on it: a new connection (and scripts) next.
@@ -194,10 +202,9 @@ class AsyncLink:
                 if not isinstance(exc, Exception):
                     raise
                 return
-        for (_, future), got in zip(calls, replies, strict=True):
+        for (_, future), got, failed in zip(calls, replies, failures, strict=True):
             if future.done():  # the caller was cancelled
                 continue
-            failed = _failure(got)
             if failed is None:
                 future.set_result(got)
             else:

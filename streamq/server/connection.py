@@ -22,11 +22,14 @@ from typing import Any, cast
 
 import redis
 import redis.client
+import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry as _RedisRetry
 
 from ..base.errors import BrokerConnectionError, BrokerError, ConfigurationError, StreamQError
+from ..base.sentinelurl import is_sentinel
 from ..base.settings import Settings, mask_url, scrub, validate_url
+from . import sentinel
 
 # redis-py turns these replies into classes and drops their code from the text.
 _CODES: dict[type[BaseException], str] = {
@@ -41,12 +44,18 @@ _CODES: dict[type[BaseException], str] = {
 _TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
 """URL parameters that name a file (a directory for ``ssl_ca_path``)."""
 
-TRANSIENT = frozenset({"OOM", "BUSY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"})
-"""Reply codes that say "not now": back off and try again, never give up a process."""
+TRANSIENT = frozenset({"OOM", "BUSY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",
+                       *sentinel.FAILED_OVER})
+"""Reply codes that say "not now": back off and try again, never give up a process
+(READONLY and UNBLOCKED: a failover; the connection that saw one is dropped)."""
 
 
 def translate(exc: BaseException, url: str | None) -> StreamQError | None:
     """The streamq error for a redis-py one (None for anything else)."""
+    if isinstance(exc, redis.sentinel.MasterNotFoundError):
+        return BrokerConnectionError(
+            f"no Sentinel of {mask_url(url)} names a reachable primary ({exc}); are the "
+            f"Sentinels running, and is the service name the one they monitor?")
     if isinstance(exc, redis.AuthenticationError):
         return BrokerConnectionError(f"authentication failed at {mask_url(url)}: {exc}")
     if isinstance(exc, redis.ConnectionError) and (url or "").lower().startswith("rediss:"):
@@ -178,15 +187,18 @@ def make_client(url: str, settings: Settings, *, blocking: bool = False) -> Clie
     timeout = settings.socket_timeout_s + (settings.block_ms / 1000.0 if blocking else 0.0)
     validate_url(url)  # the embedded server's URL has not been through Settings
     try:
-        # redis-py annotates from_url as returning Redis, but it builds a cls.
-        client = cast(Client, Client.from_url(
-            url,
+        options: dict[str, Any] = dict(
             socket_timeout=timeout,
             socket_connect_timeout=settings.connect_timeout_s,
             # A few quick retries ride out a blip; a dead server surfaces within ~2 s.
             retry=_RedisRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 4),
             health_check_interval=30,
-        ))
+        )
+        if is_sentinel(url):
+            client = sentinel.client(url, Client, **options)
+        else:
+            # redis-py annotates from_url as returning Redis, but it builds a cls.
+            client = cast(Client, Client.from_url(url, **options))
     except ValueError as exc:
         raise ConfigurationError(
             f"invalid server URL {mask_url(url)!r}: {scrub(str(exc), url)} (percent-encode "

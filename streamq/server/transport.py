@@ -24,6 +24,7 @@ from hiredis import pack_command as _pack
 from ..base.errors import BrokerError
 from . import scripts
 from .connection import Connection, translate, translated
+from .sentinel import failed_over
 
 EXEC = _pack(("EXEC",))
 MULTI = _pack(("MULTI",))
@@ -200,11 +201,15 @@ def _with_retry(conn: Any, exchange: Callable[[], Any]) -> Any:
 def _send_read(conn: Any, commands: list[bytes]) -> list[Any]:
     conn.send_packed_command([b"".join(commands)], check_health=False)
     replies: list[Any] = []
+    demoted = False
     for _ in commands:
         try:
             replies.append(conn.read_response())
         except redis.ResponseError as exc:
             replies.append(exc)
+            demoted = demoted or failed_over(exc)
+    if demoted:  # its server is a replica now: the next use finds the primary
+        conn.disconnect()
     return replies
 
 
