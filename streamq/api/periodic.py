@@ -109,9 +109,9 @@ class Schedule:
     # -- description ---------------------------------------------------------------
     @property
     def when(self) -> str:
-        """``every 30s`` or ``cron */5 * * * * (Europe/Paris)``."""
+        """``every 30s``, ``every 1h`` or ``cron */5 * * * * (Europe/Paris)``."""
         if self.every_ms is not None:
-            return f"every {self.every_ms / 1000:g}s"
+            return every_text(self.every_ms / 1000)
         return f"cron {self.cron}" + ("" if self.tz == "UTC" else f" ({self.tz})")
 
     def spec(self) -> dict[str, Any]:
@@ -120,6 +120,14 @@ class Schedule:
                 "every_s": None if self.every_ms is None else self.every_ms / 1000,
                 "tz": self.tz, "catch_up": self.catch_up,
                 "skip_if_running": self.skip_if_running, "tick_kwarg": self.tick_kwarg}
+
+
+def every_text(seconds: float) -> str:
+    """``every 30s``, ``every 5min``, ``every 2h``."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"every {seconds / size:g}{unit}"
+    return f"every {seconds:g}s"
 
 
 _schedules: weakref.WeakKeyDictionary[StreamQ, dict[str, Schedule]] = \

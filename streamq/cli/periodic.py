@@ -10,7 +10,7 @@ import click
 from rich.text import Text
 
 from ..api.app import StreamQ
-from ..api.periodic import schedules
+from ..api.periodic import every_text, schedules
 from ..base.errors import ConfigurationError, StreamQError
 from ..server.periodic import RETIRE_AFTER_S, TAKEOVER_AFTER_MS, PeriodicStore
 from .common import app_from_options, stdout_console, url_option
@@ -123,7 +123,7 @@ def collect(app: StreamQ, store: PeriodicStore, with_code: bool) -> dict[str, An
 
 def _when(spec: dict[str, Any]) -> str:
     if spec.get("every_s") is not None:
-        return f"every {spec['every_s']:g}s"
+        return every_text(spec["every_s"])
     if spec.get("cron"):
         tz = spec.get("tz") or "UTC"
         return f"cron {spec['cron']}" + ("" if tz == "UTC" else f" ({tz})")
@@ -137,12 +137,16 @@ def render(doc: dict[str, Any]) -> None:
                                           "next run", "state"), left=tuple(range(1, 7)))
     for row in doc["schedules"]:
         last = row["last_run"]
-        last_text = Text("-") if last is None else Text.assemble(
-            relative(last["at_ms"] or last["tick_ms"], now), " ", (str(last["id"]), "dim"))
+        last_text = Text("-")
+        if last is not None:
+            ago = relative(last["at_ms"] or last["tick_ms"], now)
+            last_text = Text.assemble("just now" if ago == "now" else ago, " ",
+                                      (str(last["id"]), "dim"))
         nxt = row["next_ms"]
+        # A tick that is due with no worker up runs when one starts (catch-up).
+        next_text = "-" if nxt is None else when(nxt, now) + (", due" if nxt <= now else "")
         table.add(Text(row["name"]), Text(str(row["task"] or "-")), Text(str(row["queue"])),
-                  Text(row["when"]), last_text,
-                  Text("-" if nxt is None else when(nxt, now)),
+                  Text(row["when"]), last_text, Text(next_text),
                   Text(row["state"], style=STYLES.get(row["state"], "")))
     console.print(table)
     shown = sorted({row["state"] for row in doc["schedules"]})

@@ -85,10 +85,11 @@ class PeriodicDuty:
         asked: list[tuple[Schedule, Step]] = []
         for s in self.schedules:
             known = self._known.get(s.name)
-            due = known is not None and known.next_ms is not None and known.next_ms <= now \
-                and s.name not in self._deferring
+            due = known is not None and known.next_ms is not None and known.next_ms <= now
             if due or touch or known is None:
-                step = self._step(s, known, now, fire=due)
+                # Deferring, a due tick is the other definition's: only ask whether
+                # that one still has workers.
+                step = self._step(s, known, now, fire=due and s.name not in self._deferring)
                 self.store.pack(packed, step)
                 asked.append((s, step))
         if asked:
@@ -130,7 +131,9 @@ class PeriodicDuty:
                             "once none of them has been up for %d s.", s.name,
                             TAKEOVER_AFTER_MS // 1000)
             self._deferring.add(s.name)
-            self._known[s.name] = _Known(answer.next_ms, answer.last_id)
+            # Ask again at its next tick, or in a second if its workers are gone.
+            again = max(answer.next_ms or 0, answer.now_ms + round(_LOOK_S * 1000))
+            self._known[s.name] = _Known(again, answer.last_id)
             return
         if s.name in self._deferring:
             self._deferring.discard(s.name)
@@ -162,7 +165,7 @@ class PeriodicDuty:
             known = self._known.get(s.name)
             if known is None:
                 return local  # not installed yet: look again at once
-            if known.next_ms is not None and s.name not in self._deferring:
+            if known.next_ms is not None:
                 wake = min(wake, (known.next_ms - offset) / 1000)
         # A tick the server said is not due yet (this estimate runs a little ahead):
         # look again soon, never in a tight loop.
