@@ -11,12 +11,16 @@
 """
 
 from .api.app import StreamQ, default_app, task
+from .api.canvas import Chain, Chord, Group, Signature, chain, chord, group
+from .api.groups import GroupResult
 from .api.hooks import Hook, TaskEvent
 from .api.result import AsyncResult
 from .api.task import Task, TaskContext, current_task
 from .base.errors import (
     BrokerConnectionError,
     BrokerError,
+    ChainError,
+    ChordError,
     ConfigurationError,
     DecodeError,
     EncodeError,
@@ -45,6 +49,10 @@ __all__ = [
     "AsyncResult",
     "BrokerConnectionError",
     "BrokerError",
+    "Chain",
+    "ChainError",
+    "Chord",
+    "ChordError",
     "ConfigurationError",
     "Hook",
     "DecodeError",
@@ -52,6 +60,8 @@ __all__ = [
     "EnqueueConnectionError",
     "EnqueueError",
     "GetInsideTaskError",
+    "Group",
+    "GroupResult",
     "MessageTooLargeError",
     "NotDurableError",
     "Reject",
@@ -60,6 +70,7 @@ __all__ = [
     "ResultTimeoutError",
     "Retry",
     "SerializationError",
+    "Signature",
     "Settings",
     "SoftTimeLimitExceeded",
     "StreamQ",
@@ -70,7 +81,10 @@ __all__ = [
     "TaskEvent",
     "TaskFailed",
     "TaskNotRegisteredError",
+    "chain",
+    "chord",
     "current_task",
     "default_app",
+    "group",
     "task",
 ]

@@ -7,6 +7,7 @@ does not depend on what the failover kept."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import subprocess
@@ -192,6 +193,16 @@ def test_the_url_reaches_the_primary_with_its_password_and_db(tmp_path: Path,
         raw = redis.Redis(host="127.0.0.1", port=primary.port, password=password, db=3)
         assert raw.exists(f"{namespace}:{{default}}:result:{handle.id}") == 1
         assert str(app.settings).count(password) == 0 and password not in repr(app)
+        # The asyncio producer finds the primary the same way.
+        sentinel_tasks.app.configure(url=app.settings.url, namespace=namespace)
+
+        async def enqueue() -> str:
+            try:
+                return (await sentinel_tasks.logged.adelay(3)).id
+            finally:
+                await sentinel_tasks.app.aclose()
+        task_id = asyncio.run(enqueue())
+        assert raw.exists(f"{namespace}:{{default}}:result:{task_id}") == 1
         raw.close()
         app.close()
     finally:

@@ -17,6 +17,7 @@ from ..base.ids import new_task_id
 from ..base.settings import Settings, check_queue_name
 from ..data import serialization
 from ..data.message import Message, now_ms
+from .canvas import Signature
 from .context import TaskContext, current_task, running_as
 from .result import AsyncResult
 
@@ -168,6 +169,15 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A signature (``streamq.api.canvas``): in a chain, the previous step's result
+        comes first, before ``args``."""
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """An immutable signature: a chain passes it no previous result."""
+        return Signature(self, args, kwargs, immutable=True)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
         """Enqueue a call with these arguments; returns its ``AsyncResult``. A call

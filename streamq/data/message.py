@@ -19,6 +19,7 @@ from .signing import strip
 
 SCHEMA_VERSION = 1
 _decode_json = json.JSONDecoder().decode
+_dump_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def now_ms() -> int:
@@ -50,6 +51,11 @@ class Message(NamedTuple):
     handbacks: int = 0
     ignore_result: bool = False
     """No record is kept for this call (``ignore_result=True``): written as ``nr``."""
+    then: dict[str, Any] | None = None
+    """A canvas step's continuation (``streamq.api.canvas``): what to forward when it
+    succeeds or fails for good, as a JSON object whose later messages are envelopes
+    themselves (objects, never strings: nested strings would double their escapes at
+    every level). Written only when present."""
 
     def encode(self) -> str:
         """The JSON envelope, written directly (this runs once per enqueued call)."""
@@ -69,6 +75,8 @@ class Message(NamedTuple):
             extra += f',"handbacks":{int(self.handbacks)}'
         if self.ignore_result:
             extra += ',"nr":true'
+        if self.then is not None:
+            extra += ',"then":' + _dump_json(self.then)
         return (f'{{"v":{int(self.version)},"id":{_quote(self.id)},"task":{_quote(self.task)},'
                 f'"queue":{_quote(self.queue)},"ct":{_quote(self.content_type)},'
                 f'"ce":{_quote(self.content_encoding)},"body":{_quote(text)},'
@@ -85,36 +93,49 @@ class Message(NamedTuple):
         envelope again before the arguments are decoded."""
         raw = strip(raw)  # a signature was checked, if at all, before (``signing``)
         try:
-            doc = _decode_json(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-            get = doc.get
-            body = doc["body"]
-            if get("b64"):
-                body = base64.b64decode(body)
-            elif not isinstance(body, str):
-                raise TypeError("body not a string")
-            retries = int(get("retries", 0))
-            if retries < 0:
-                raise ValueError("negative retries")
-            handbacks = get("handbacks")
-            if handbacks is not None:
-                handbacks = int(handbacks)
-                if handbacks < 0:
-                    raise ValueError("negative handbacks")
-            # Checked here, not where they are used: a hand-back writes them again, and
-            # a forged value of the wrong type must not break that write.
-            eta_ms, error = get("eta_ms"), get("error")
-            if eta_ms is not None:
-                eta_ms = int(eta_ms)
-            if error is not None and not isinstance(error, str):
-                raise TypeError("error not a string")
-            # Positional: this runs once per task, and keywords cost a third more.
-            return cls(str(doc["id"]), str(doc["task"]), str(doc["queue"]), str(doc["ct"]),
-                       str(doc["ce"]), body, retries, int(get("enq_ms", 0)),
-                       eta_ms, error, int(get("v", SCHEMA_VERSION)), handbacks or 0,
-                       get("nr") is True)
+            return cls.from_doc(_decode_json(raw.decode("utf-8") if isinstance(raw, bytes)
+                                             else raw))
         except Exception as exc:
             raise DecodeError(f"malformed message envelope: {_explain(raw, exc)}", raw) \
                 from exc
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> Message:
+        """The message of a parsed envelope (also one nested in a continuation);
+        raises whatever is wrong with it (``decode`` says it in one line)."""
+        get = doc.get
+        body = doc["body"]
+        if get("b64"):
+            body = base64.b64decode(body)
+        elif not isinstance(body, str):
+            raise TypeError("body not a string")
+        retries = int(get("retries", 0))
+        if retries < 0:
+            raise ValueError("negative retries")
+        handbacks = get("handbacks")
+        if handbacks is not None:
+            handbacks = int(handbacks)
+            if handbacks < 0:
+                raise ValueError("negative handbacks")
+        # Checked here, not where they are used: a hand-back writes them again, and
+        # a forged value of the wrong type must not break that write.
+        eta_ms, error = get("eta_ms"), get("error")
+        if eta_ms is not None:
+            eta_ms = int(eta_ms)
+        if error is not None and not isinstance(error, str):
+            raise TypeError("error not a string")
+        then = get("then")
+        if then is not None and not isinstance(then, dict):
+            raise TypeError("then not an object")
+        # Positional: this runs once per task, and keywords cost a third more.
+        return cls(str(doc["id"]), str(doc["task"]), str(doc["queue"]), str(doc["ct"]),
+                   str(doc["ce"]), body, retries, int(get("enq_ms", 0)),
+                   eta_ms, error, int(get("v", SCHEMA_VERSION)), handbacks or 0,
+                   get("nr") is True, then)
+
+    def doc(self) -> dict[str, Any]:
+        """The envelope as a JSON object, to nest in a continuation (``then``)."""
+        return _decode_json(self.encode())  # type: ignore[no-any-return]
 
     def with_retry(self, error: str | None, eta_ms: int | None) -> Message:
         """The next attempt (its own hand-backs start over)."""
@@ -207,6 +228,8 @@ def _explain(raw: bytes | str, exc: Exception) -> str:
     missing = [f for f in ("id", "task", "queue", "ct", "ce", "body") if f not in doc]
     if missing:
         return f"missing field(s) {', '.join(missing)}"
+    if doc.get("then") is not None and not isinstance(doc["then"], dict):
+        return f"field 'then' is {kind_of(doc['then'])}, not an object"
     if doc.get("error") is not None and not isinstance(doc["error"], str):
         return f"field 'error' is {kind_of(doc['error'])}, not a string"
     for field in ("retries", "enq_ms", "v", "handbacks", "eta_ms"):

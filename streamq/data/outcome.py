@@ -8,6 +8,8 @@ dead-letter), so it can come back from any thread or coroutine.
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -25,6 +27,36 @@ class Delivery:
     """When this consumer read it (``time.monotonic()``); 0 for a claimed entry."""
 
 
+class Forward(NamedTuple):
+    """One step of a canvas to take after an outcome (``streamq.worker.continuations``):
+    run ``script`` on the target's slot with ``keys`` and ``args``. It is written to
+    the outbox under ``item`` in the step that acknowledges the outcome, then sent
+    right behind it; every forward script is idempotent, so one sent twice (the outbox
+    sweep after a crash) does nothing the second time."""
+
+    item: str
+    """The outbox field: ``<task id>#<n>``, the same for every run of that task."""
+    script: str
+    keys: list[str]
+    args: list[Any]
+
+    def encode(self) -> str:
+        """The outbox value: JSON, binary arguments in base64 (listed in ``b``)."""
+        binary = [i for i, a in enumerate(self.args) if isinstance(a, bytes | bytearray)]
+        args = [base64.b64encode(a).decode("ascii") if i in binary else a
+                for i, a in enumerate(self.args)]
+        return json.dumps({"s": self.script, "k": self.keys, "a": args, "b": binary},
+                          separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, item: str, raw: bytes | str) -> Forward:
+        doc = json.loads(raw)
+        args = list(doc["a"])
+        for i in doc.get("b", ()):
+            args[i] = base64.b64decode(args[i])
+        return cls(item, str(doc["s"]), [str(k) for k in doc["k"]], args)
+
+
 class Succeeded(NamedTuple):
     """The task returned: store its result and acknowledge. The writer names the
     fields of this, the common record, instead of the executor."""
@@ -39,6 +71,8 @@ class Succeeded(NamedTuple):
     runtime_s: float
     stored: bool = True
     """False for a task that keeps no record (``ignore_result``): only acknowledged."""
+    forward: tuple[Forward, ...] = ()
+    """A canvas step's continuation (the writer packs nothing more without one)."""
 
 
 class Retried(NamedTuple):
@@ -68,6 +102,7 @@ class Failed(NamedTuple):
     record: list[Any]
     error: str
     """``Type: message`` of the last attempt."""
+    forward: tuple[Forward, ...] = ()
 
 
 class Dead(NamedTuple):
@@ -80,6 +115,7 @@ class Dead(NamedTuple):
     retries: int
     reason: str
     record: list[Any] | None
+    forward: tuple[Forward, ...] = ()
 
 
 class Released(NamedTuple):

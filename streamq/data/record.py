@@ -60,6 +60,9 @@ TRACEBACK = "traceback"
 REASON = "reason"
 WAITING = "waiting"
 """Set by a waiter (``wait.lua``): the worker then pushes the completion."""
+FORWARDED = "forwarded"
+"""Set once on a canvas step's record when it is enqueued (or failed) by a forward:
+a second forward of the same step finds it and does nothing (``forward.lua``)."""
 
 INT_FIELDS = frozenset({RETRIES, DELIVERIES, ENQUEUED_MS, ETA_MS, STARTED_MS, FINISHED_MS,
                         DEAD_AT_MS, RUNTIME_MS})
@@ -129,7 +132,7 @@ def decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     for k, v in raw.items():
         name = k.decode()
-        if name == WAITING:  # a waiter's mark, not part of the task's record
+        if name in (WAITING, FORWARDED):  # marks, not part of the task's record
             continue
         if name == RESULT:
             rec[name] = v
@@ -155,7 +158,7 @@ def _lua_table(items: dict[str, str]) -> str:
 
 FIELDS = (STATUS, TASK, QUEUE, RETRIES, DELIVERIES, ENQUEUED_MS, ETA_MS, STARTED_MS,
           FINISHED_MS, RUNTIME_MS, DEAD_AT_MS, WORKER, RESULT, RESULT_CT, RESULT_CE, EXC_TYPE,
-          EXC_MESSAGE, TRACEBACK, REASON, WAITING)
+          EXC_MESSAGE, TRACEBACK, REASON, WAITING, FORWARDED)
 
 LUA_PRELUDE = f"""\
 -- Prelude from streamq/data/record.py: the record's field names and states.

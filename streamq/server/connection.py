@@ -252,6 +252,7 @@ class Connection:
         for c in (self._client, self._blocking):
             if c is not None:
                 c.close()
+                sentinel.close_sentinels(c)
         self._client = self._blocking = None
         if self._own_pid == os.getpid():
             for conn in self._own.values():

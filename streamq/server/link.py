@@ -2,7 +2,7 @@
 
 It owns no behaviour of its own: each part does one job (``connection``, packed
 ``transport``, the ``broker``'s streams, task ``records``, ``dead`` letters, the
-``delayed`` set, the worker ``registry``). Nothing connects until a part is used.
+``delayed`` set, the worker ``registry``, ``canvas`` state). Nothing connects until a part is used.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from ..base.settings import Settings
 from .broker import Broker
+from .canvas import CanvasStore
 from .connection import Connection
 from .deadletters import DeadLetters
 from .delayed import Delayed
@@ -29,6 +30,7 @@ class ServerLink:
         self.dead = DeadLetters(self.transport, self.broker, settings)
         self.delayed = Delayed(self.transport, settings.namespace)
         self.registry = Registry(self.transport, settings.namespace)
+        self.canvas = CanvasStore(self.transport, settings)
 
     @property
     def url(self) -> str:

@@ -16,10 +16,10 @@ from importlib import resources
 from ..data import record
 
 NAMES = ("outcomes", "enqueue_many", "wait", "requeue_dead", "heartbeat", "promote",
-         "schedule", "alive", "renew")
+         "schedule", "alive", "renew", "forward", "chord", "outbox")
 
 _FLAGS = {"outcomes": "allow-oom", "heartbeat": "allow-oom", "alive": "allow-oom",
-          "renew": "allow-oom"}
+          "renew": "allow-oom", "outbox": "allow-oom"}
 """A full server (maxmemory, noeviction) refuses every other script. These run:
 acknowledging deletes entries, which is what frees memory, and heartbeats keep a live
 worker's running tasks from being reclaimed; all of them write little."""

@@ -37,12 +37,17 @@ def pack(*args: Any) -> bytes:
 class Packed:
     """Commands packed for one write (see the module docstring)."""
 
-    __slots__ = ("commands", "optional")
+    __slots__ = ("commands", "optional", "replies", "forwards")
 
     def __init__(self, commands: list[bytes] | None = None) -> None:
         self.commands: list[bytes] = commands if commands is not None else []
         self.optional: set[int] = set()
         """Indexes of best-effort commands (counters): their errors are not raised."""
+        self.replies: list[Any] | None = None
+        """Every reply, in order, once ``Transport.run`` sent it (errors as values)."""
+        self.forwards: list[tuple[int, str, tuple[str, str]]] = []
+        """(command index, queue, (outbox item, value)) of the canvas forwards packed
+        here (``OutcomeWriter``)."""
 
     def __len__(self) -> int:
         return len(self.commands)
@@ -107,8 +112,10 @@ class Transport:
         if missing:
             self.load_scripts()
             again = Packed([packed.commands[i] for i in missing])
+            again.optional = {n for n, i in enumerate(missing) if i in packed.optional}
             for i, r in zip(missing, self.run(again, blocking=blocking), strict=True):
                 replies[i] = r
+        packed.replies = replies
         for i, r in enumerate(replies):
             if isinstance(r, Exception):
                 if i in packed.optional:

@@ -25,6 +25,7 @@ from ..server.recovery import Recovery
 from ..server.transport import Packed
 from ..server.writer import OutcomeWriter
 from .batching import BatchSize
+from .continuations import Continuations
 from .executor import Call, Executor
 from .held import Held, Running
 from .housekeeping import Housekeeping
@@ -72,10 +73,13 @@ class Consumer:
                                  max_message_bytes=settings.max_message_bytes,
                                  max_result_bytes=settings.max_result_bytes,
                                  secrets=settings.secrets)
+        self.continuations = self.executor.continuations = Continuations(
+            settings, link.canvas, app.accept_content_types, app.signer, name)
         self.worker_info = worker_info
         self.worker_key = keys.worker(settings.namespace, self.worker_id) \
             if worker_info is not None else None
         self.writer = OutcomeWriter(settings, name, self.worker_key)
+        self.writer.send_forwards = not self.continuations.crash_after_outcome
         self.recovery = Recovery(link.transport, link.broker, settings, name, self.prefetch)
         self.limits = limits
         self.timed_out = timed_out
@@ -298,11 +302,13 @@ class Consumer:
                 return []
             if count is None:
                 count = self.recycling.read_cap(self.processed, self.batch.count())
-            return self.broker.read(self.name, self.reading, count,
-                                    self.block_ms if block_ms == -1 else block_ms, pipe=pipe)
+            got = self.broker.read(self.name, self.reading, count,
+                                   self.block_ms if block_ms == -1 else block_ms, pipe=pipe)
         except Exception:
             self.held.restore_outcomes(outcomes)
             raise
+        self.continuations.written(self.writer, pipe, outcomes)
+        return got
 
     def _retire(self) -> None:
         """A recycled process: hand back what it read and did not start (uncharged, as
@@ -318,11 +324,13 @@ class Consumer:
         outcomes = self.held.take_outcomes() + (extra or [])
         if not outcomes:
             return
+        pipe = self.writer.pack(outcomes)
         try:
-            self.link.transport.run(self.writer.pack(outcomes))
+            self.link.transport.run(pipe)
         except Exception:
             self.held.restore_outcomes(outcomes)
             raise
+        self.continuations.written(self.writer, pipe, outcomes)
 
     # -- recovery --------------------------------------------------------------------
     def _reclaim(self) -> None:

@@ -27,7 +27,7 @@ import asyncio
 import random
 import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..api.limits import DEFAULT_VALUE_LIMIT, MIN_SERVER_LIMIT
 from ..api.task import Task, TaskContext, running_as
@@ -47,6 +47,9 @@ from .policy import (
 from .softlimits import SoftLimits, checkpoint
 from .texts import one_line, shape_of, size_over, text_of, type_name
 
+if TYPE_CHECKING:
+    from .continuations import Continuations
+
 
 class Call(NamedTuple):
     """A delivery that passed every check, ready to run."""
@@ -64,8 +67,11 @@ class Executor(Outcomes):
     def __init__(self, registry: Mapping[str, Task[Any, Any]], accept: set[str],
                  serializer: str, consumer: str, result_ttl_s: int, *,
                  signer: Signer | None = None, max_message_bytes: int = 0,
-                 max_result_bytes: int = 0, secrets: tuple[str, ...] = ()) -> None:
+                 max_result_bytes: int = 0, secrets: tuple[str, ...] = (),
+                 continuations: Continuations | None = None) -> None:
         self.registry = registry
+        self.continuations = continuations
+        """Canvas steps' forwards (None: a canvas message runs as a plain one)."""
         self.accept = accept
         self.serializer = serializer
         self.consumer = consumer
@@ -124,6 +130,9 @@ class Executor(Outcomes):
             tid, name = peek_ids(raw)
             return self._dead(d, tid, name or "?", 0, f"undecodable message: {one_line(exc)}")
         checked = self._checked(d, msg, timed_out)
+        if msg.then is not None and self.continuations is not None:
+            return self.continuations.prepared(checked) if isinstance(checked, Call) else \
+                self.continuations.finished(msg, checked)
         return self.unrecorded(checked) if msg.ignore_result and \
             not isinstance(checked, Call) else checked
 
@@ -280,6 +289,8 @@ class Executor(Outcomes):
                                                     time.perf_counter() - t0))
 
     def _done(self, call: Call, outcome: Outcome) -> Outcome:
+        if call.message.then is not None and self.continuations is not None:
+            return self.continuations.finished(call.message, outcome)
         return self.unrecorded(outcome) if call.message.ignore_result else outcome
 
     def _error_outcome(self, call: Call, exc: Exception, started_ms: int) -> Outcome:

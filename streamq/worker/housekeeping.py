@@ -4,6 +4,7 @@
 - marks a task that runs long enough for someone to look as STARTED;
 - writes held outcomes that wait behind a long task;
 - promotes due delayed messages;
+- every second, sweeps the outbox of canvas forwards (``streamq.server.canvas``);
 and every heartbeat it refreshes the idle time of every entry the process holds
 (so a long task is never reclaimed while its process lives) and the worker's
 registration.
@@ -23,6 +24,7 @@ from ..data.message import now_ms
 from ..data.outcome import Outcome, Released
 from ..server.link import ServerLink
 from ..server.recovery import Recovery
+from ..server.transport import Packed
 from ..server.writer import OutcomeWriter
 from .held import Held
 from .softlimits import SoftLimits
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 _TICK_S = 0.01
 _FLUSH_AGE_S = 0.02
 _STARTED_AFTER_S = 0.02
+_SWEEP_EVERY_S = 1.0
 
 
 class Housekeeping:
@@ -62,6 +65,7 @@ class Housekeeping:
         self._marked: set[str] = set()  # entries of running tasks marked STARTED
         self._failing: dict[str, int] = {}  # duty -> failures in a row
         self._reads_before = -1  # held.reads at the last heartbeat
+        self._next_sweep = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -86,6 +90,9 @@ class Housekeeping:
             if now >= next_promote:
                 next_promote = now + self.settings.promote_interval_s
                 self._duty(self._promote, now)
+            if now >= self._next_sweep:
+                self._next_sweep = now + _SWEEP_EVERY_S
+                self._duty(self._sweep_outbox, now)
             if now >= next_hb and self._duty(self._heartbeat, now):
                 next_hb = now + self.settings.heartbeat_s
 
@@ -106,6 +113,17 @@ class Housekeeping:
             log.info("Housekeeping (%s) works again (after %d failed attempt(s)).", name,
                      failures)
         return True
+
+    def _sweep_outbox(self, _now: float) -> None:
+        """Delete the canvas forwards the writer saw confirmed (an idle worker writes
+        nothing else to carry them), then forward again what stayed in the outbox of
+        a queue read here longer than ``SWEEP_AGE_MS``: its worker died in between."""
+        pipe = Packed()
+        self.writer.pack_forwarded(pipe)
+        if pipe.commands:
+            self.link.transport.run(pipe)
+        for q in self.queues:
+            self.link.canvas.sweep(q)
 
     def _promote(self, _now: float) -> None:
         for q in self.queues:

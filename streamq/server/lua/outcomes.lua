@@ -13,11 +13,14 @@
 --       retries, n, n field/value pairs                                        (dead letter)
 --   'A' entry                                                    (acknowledge only)
 --   'H' entry, message                                (hand back, as a new entry)
+--   'O' n, n item/forward pairs: the canvas forwards of the 'S' or 'F' before it, into
+--       the outbox (the next two keys: outbox, outbox due), in the same step
 -- Invariants: a record is complete before its completion is pushed and before its
 -- entry is acknowledged, so a waiter that wakes finds it final and a refused write
 -- acknowledges nothing; an acknowledgement, retry, dead letter or hand-back happens
 -- only while the entry is still this consumer's (another that reclaimed it owns its
--- fate), and moves the message into exactly one place.
+-- fate), and moves the message into exactly one place; a canvas step's forwards are in
+-- the outbox whenever its outcome is written, so none is lost to a crash after it.
 -- Returns the number of outcomes written.
 local group, consumer, worker = ARGV[1], ARGV[2], ARGV[3]
 local ttl, done_ttl = ARGV[4], ARGV[5]
@@ -25,6 +28,7 @@ local stream = KEYS[1]
 local acks = {}
 local k, pos, n = 5, 7, 0
 local check = ARGV[6] == '1'
+local written = false  -- the last 'S' or 'F' was written (for its 'O')
 
 local function mine(entry)
   return #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) == 1
@@ -57,6 +61,7 @@ while pos <= #ARGV do
     complete(rec, KEYS[k + 1], completion(S.SUCCESS, result, ct, ce ~= '' and ce or nil),
              done_ttl)
     acks[#acks + 1] = entry
+    written = true
     k, pos = k + 2, pos + 8
   elseif kind == 'R' then
     local entry, task_id = ARGV[pos + 1], ARGV[pos + 2]
@@ -79,7 +84,8 @@ while pos <= #ARGV do
   elseif kind == 'F' then
     local entry, task_id = ARGV[pos + 1], ARGV[pos + 5]
     local count = tonumber(ARGV[pos + 9])
-    if mine(entry) then
+    written = mine(entry)
+    if written then
       redis.call('XADD', KEYS[4], '*', 'm', ARGV[pos + 2], 'reason', ARGV[pos + 3],
                  'task', ARGV[pos + 4], 'id', task_id, 'at_ms', ARGV[pos + 6],
                  'deliveries', ARGV[pos + 7], 'retries', ARGV[pos + 8])
@@ -92,6 +98,19 @@ while pos <= #ARGV do
     end
     if task_id ~= '' then k = k + 2 end
     pos = pos + 10 + 2 * count
+  elseif kind == 'O' then
+    local count = tonumber(ARGV[pos + 1])
+    if written then
+      local t = redis.call('TIME')
+      local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      for i = pos + 2, pos + 2 * count, 2 do
+        redis.call('HSET', KEYS[k], ARGV[i], ARGV[i + 1])
+        redis.call('ZADD', KEYS[k + 1], now, ARGV[i])
+      end
+      redis.call('EXPIRE', KEYS[k], ttl)
+      redis.call('EXPIRE', KEYS[k + 1], ttl)
+    end
+    k, pos, n = k + 2, pos + 2 + 2 * count, n - 1  -- not an outcome of its own
   elseif kind == 'A' then
     acks[#acks + 1] = ARGV[pos + 1]
     pos = pos + 2
