@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -373,3 +374,25 @@ def test_streamq_periodic_lists_schedules_and_retired_ones(valkey: ServerProcess
         assert {r["name"] for r in json.loads(after.stdout)["schedules"]} == {"beat", "report"}
     finally:
         app.close()
+
+
+def test_the_readme_example_defines_its_schedules(valkey: ServerProcess, namespace: str,
+                                                  tmp_path: Any) -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = {b.partition("\n")[0][2:]: b for b in
+              re.findall(r"```python\n(.*?)```", readme, re.S) if b.startswith("# shop/")}
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    for name in ("shop/tasks.py", "shop/schedules.py"):
+        (tmp_path / name).write_text(blocks[name])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMQ_")}
+    out = subprocess.run([sys.executable, "-m", "streamq", "periodic", "--app",
+                          "shop.schedules", "--url", valkey.url, "--namespace", namespace,
+                          "--json"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: (r["when"], r["state"]) for r in json.loads(out.stdout)["schedules"]}
+    assert rows == {"shop.schedules.morning_report":
+                    ("cron 0 7 * * mon-fri (Europe/Paris)", "new"),
+                    "shop.schedules.sync_stock": ("every 30s", "new"),
+                    "purge-tmp": ("every 1h", "new")}
