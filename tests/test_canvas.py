@@ -213,9 +213,10 @@ def test_a_crash_between_acknowledging_members_and_forwarding_them(vapp: StreamQ
 
 def test_interrupted_creation_never_fires_a_half_built_chord(app: StreamQ,
                                                              worker: Any) -> None:
-    from streamq.api.canvas import _Build, _elements
+    from streamq.api.canvas import _elements
+    from streamq.api.canvas_build import Build
 
-    build = _Build(app)
+    build = Build(app)
     starts, _, body = build.chain(_elements(chord([ct.square.s(1), ct.square.s(2)],
                                                   ct.total.s(key="half"))), [], [])
     build.send(starts[:1])  # as if the process died after the first member's enqueue
