@@ -5,6 +5,7 @@
 - writes held outcomes that wait behind a long task;
 - promotes due delayed messages;
 - every second, sweeps the outbox of canvas forwards (``streamq.server.canvas``);
+- fires the app's periodic schedules when a tick is due (``periodic.py``);
 and every heartbeat it refreshes the idle time of every entry the process holds
 (so a long task is never reclaimed while its process lives) and the worker's
 registration.
@@ -27,6 +28,7 @@ from ..server.recovery import Recovery
 from ..server.transport import Packed
 from ..server.writer import OutcomeWriter
 from .held import Held
+from .periodic import PeriodicDuty
 from .softlimits import SoftLimits
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ class Housekeeping:
                  flush: Callable[[], None], registration: tuple[str, dict[str, Any]] | None,
                  stopping: Callable[[], bool] = lambda: False,
                  guard: Callable[[float], None] | None = None,
-                 soft: SoftLimits | None = None) -> None:
+                 soft: SoftLimits | None = None,
+                 periodic: PeriodicDuty | None = None) -> None:
         self.held = held
         self.link = link
         self.writer = writer
@@ -62,6 +65,7 @@ class Housekeeping:
                                         name="streamq-housekeeping")
         self.soft = soft
         """Soft time limits of the running tasks, fired from here."""
+        self.periodic = periodic
         self._marked: set[str] = set()  # entries of running tasks marked STARTED
         self._failing: dict[str, int] = {}  # duty -> failures in a row
         self._reads_before = -1  # held.reads at the last heartbeat
@@ -73,6 +77,11 @@ class Housekeeping:
     def stop(self) -> None:
         self._halt.set()
         self._thread.join(timeout=5)
+        if self.periodic is not None:
+            try:
+                self.periodic.release()
+            except Exception as exc:  # a server that is gone: the takeover time applies
+                log.debug("Could not release the periodic schedules: %s", exc)
 
     def _loop(self) -> None:
         next_hb = next_promote = 0.0
@@ -87,6 +96,8 @@ class Housekeeping:
             self._duty(self._release_if_stuck, now)
             self._duty(self._mark_started, now)
             self._duty(self._flush_if_stale, now)
+            if self.periodic is not None:
+                self._duty(self.periodic.periodic_tasks, now)
             if now >= next_promote:
                 next_promote = now + self.settings.promote_interval_s
                 self._duty(self._promote, now)
