@@ -53,6 +53,14 @@ def outcomes(values: list[Any], key: str = "outcomes") -> list[Any]:
     return [f"failed: {v.exc_message}" if isinstance(v, TaskFailed) else v for v in values]
 
 
+@app.task(queue="canvas_async")
+async def ainc(x: int, key: str = "ainc") -> int:
+    """An async step: only a worker reading ``canvas_async`` runs it, on its event loop
+    (the other workers of this module keep their loop of sync tasks)."""
+    _incr(key)
+    return x + 1
+
+
 def got(key: str) -> list[Any]:
     """What a ``total`` body was given, one list per run."""
     return [json.loads(v) for v in

@@ -158,6 +158,16 @@ def test_nested_canvases(app: StreamQ, worker: Any) -> None:
     assert count_of("g") == 0 and count_of("n3") == 0
 
 
+def test_steps_in_task_threads_and_on_an_event_loop(vapp: StreamQ,
+                                                    start_worker: Any) -> None:
+    start_worker(vapp.settings.url, "-c", "1", "--threads", "3", *FAST, module=MODULE)
+    start_worker(vapp.settings.url, "-c", "1", "-Q", "canvas_async", *FAST, module=MODULE)
+    last = chain(ct.inc.s(1), ct.ainc.s(), group(ct.square.s(), ct.ainc.s(), ct.inc.s()),
+                 ct.total.s(key="mixed")).apply_async()
+    assert last.get(timeout=20) == 9 + 4 + 4
+    assert count_of("ainc") == 2 and count_of("mixed") == 1
+
+
 def test_chord_members_on_queue_a_and_body_on_queue_b(app: StreamQ,
                                                       start_worker: Any) -> None:
     start_worker(app.settings.url, "-c", "1", "-Q", "canvas_a", *FAST, module=MODULE)
@@ -246,6 +256,10 @@ def test_bad_canvases_are_refused_in_one_line(app: StreamQ) -> None:
         chain(group(ct.inc.s(1)), group(ct.inc.s(2)), ct.total.s()).apply_async()
     with pytest.raises(ValueError, match="on_error"):
         chord([ct.inc.s(1)], ct.total.s(), on_error="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one member"):
+        chord([], ct.total.s()).apply_async()
+    with pytest.raises(TypeError, match="no countdown"):
+        chord([ct.inc.s(1)], ct.total.s().set(countdown=1)).apply_async()
     with pytest.raises(TypeError, match="a group member must be"):
         group(chain(ct.inc.s(1), group(ct.inc.s()))).apply_async()
 

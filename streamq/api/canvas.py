@@ -236,6 +236,9 @@ def _elements(node: Canvas) -> list[Element]:
                             "with one")
     else:
         raise TypeError(f"not a canvas: {node!r} (use task.s(...), chain, group or chord)")
+    if any(isinstance(e, Header) and not e.members for e in out):
+        raise ValueError("a group in a chain or chord needs at least one member (a chord's "
+                         "body runs when the last member is done)")
     for before, after in zip(out, out[1:], strict=False):
         if isinstance(before, Header) and isinstance(after, Header):
             raise TypeError("a group cannot follow a group in a chain: put a task between "

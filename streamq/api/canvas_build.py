@@ -84,6 +84,9 @@ class Build:
                 starts, ok, own = [(msg, e)], [self._e(msg, e)], [_x(msg)] + own
                 i -= 1
                 continue
+            if e.options.get("countdown") or e.options.get("eta"):
+                raise TypeError(f"{e!r}: a chord's body runs when its last member is done, "
+                                f"so it takes no countdown or eta")
             self.chords.append((msg, len(header.members), header.on_error))
             later = own + tail_err if header.on_error == "fail" else []
             starts, member_own, gres = self.members(
