@@ -22,11 +22,13 @@ from streamq.api.periodic import schedules
 from streamq.base import keys
 from streamq.data.message import Message
 from streamq.data.serialization import loads
+from streamq.data.signing import BadSignature
 from streamq.server.periodic import PeriodicStore
 from streamq.worker.periodic import PeriodicDuty
 from tests.conftest import ROOT, wait_until
 from tests.servers import ServerProcess
 
+SIGNING_KEY = "periodic-test-signing-key"
 FAST = ("--heartbeat", "0.2", "--claim-after", "1", "--log-level", "INFO")
 
 
@@ -137,8 +139,9 @@ def _state(app: StreamQ, name: str, queue: str = "default") -> dict[str, str]:
 def test_three_workers_fire_each_tick_exactly_once(server: ServerProcess, namespace: str,
                                                    start_worker: Any) -> None:
     """every=1s, three worker processes started at different moments for about 10 s,
-    one SIGKILLed on the way: every tick is enqueued once, none is skipped."""
-    env = {"PERIODIC_SET": "ticks"}
+    one SIGKILLed on the way: every tick is enqueued once, none is skipped. The
+    workers sign and check messages: an unsigned call would be dead-lettered."""
+    env = {"PERIODIC_SET": "ticks", "STREAMQ_SIGNING_KEY": SIGNING_KEY}
     module = "tests.periodic_tasks"
     w1 = start_worker(server.url, "-c", "1", *FAST, module=module, env=env)
     began = time.monotonic()
@@ -156,7 +159,8 @@ def test_three_workers_fire_each_tick_exactly_once(server: ServerProcess, namesp
     try:
         fired = int(_state(app, "ticks")["fired"])
         # A worker that defines no schedule reclaims and runs the killed host's calls.
-        start_worker(server.url, "-c", "1", *FAST, module=module, env={"PERIODIC_SET": ""})
+        start_worker(server.url, "-c", "1", *FAST, module=module,
+                     env={"PERIODIC_SET": "", "STREAMQ_SIGNING_KEY": SIGNING_KEY})
         runs = wait_until(lambda: (r := _runs(client, namespace, "ticks")) and
                           len({t for t, _ in r}) >= fired and r, timeout=15,
                           message=f"{fired} ticks run")
@@ -174,6 +178,11 @@ def test_three_workers_fire_each_tick_exactly_once(server: ServerProcess, namesp
     assert max(gaps) <= 2000, f"a gap of more than one tick: {gaps}"
     assert 8 <= len(ticks) <= 13, ticks
     assert any(t > killed_at + 1000 for t in ticks)  # the others went on after the kill
+    dead = StreamQ(server.url, namespace=namespace)
+    try:
+        assert dead.dead.list() == []
+    finally:
+        dead.close()
 
 
 def _due_at(store: PeriodicStore, server_ms: int) -> None:
@@ -396,3 +405,26 @@ def test_the_readme_example_defines_its_schedules(valkey: ServerProcess, namespa
                     ("cron 0 7 * * mon-fri (Europe/Paris)", "new"),
                     "shop.schedules.sync_stock": ("every 30s", "new"),
                     "purge-tmp": ("every 1h", "new")}
+
+
+def test_a_signing_app_fires_signed_calls(valkey: ServerProcess, namespace: str) -> None:
+    app = StreamQ(valkey.url, namespace=namespace, signing_key=SIGNING_KEY)
+    other = StreamQ(valkey.url, namespace=namespace, signing_key="another-key-of-16-chars")
+    try:
+        app.add_periodic(app.task(lambda: None, name="job"), every=0.2)
+        duty = PeriodicDuty.of(app)
+        assert duty is not None
+        client = app.server.connection.client
+        stream = keys.stream(namespace, "default")
+        end = time.monotonic() + 5
+        while not client.xlen(stream) and time.monotonic() < end:
+            duty.periodic_tasks(0)
+            time.sleep(0.01)
+        ((_, fields),) = client.xrange(stream)
+        assert app.signer is not None and other.signer is not None
+        assert Message.decode(app.signer.verify(fields[b"m"])).task == "job"
+        with pytest.raises(BadSignature):
+            other.signer.verify(fields[b"m"])
+    finally:
+        app.close()
+        other.close()
