@@ -29,6 +29,7 @@ from .continuations import Continuations
 from .executor import Call, Executor
 from .held import Held, Running
 from .housekeeping import Housekeeping
+from .pulled import PulledThreads
 from .recycling import Recycling
 from .threaded import Threads
 
@@ -101,9 +102,11 @@ class Consumer:
         # (an async task routed there anyway runs in it, one at a time).
         self.has_async = any(t.is_async for t in app.registry.values()
                              if t.options.queue in self.queues)
-        self.threads = Threads(self, settings.threads) \
-            if settings.threads > 1 or self.has_async else None
-        """Runs tasks in threads (``threaded.py``); None: this loop runs them."""
+        self.threads: Threads | PulledThreads | None = \
+            Threads(self, settings.threads) if self.has_async else \
+            PulledThreads(self, settings.threads) if settings.threads > 1 else None
+        """Runs tasks in threads (``pulled.py``; with async tasks ``threaded.py``); None:
+        this loop runs them."""
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, *, housekeeping: bool = True) -> None:

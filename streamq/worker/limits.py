@@ -49,16 +49,22 @@ class LimitSlot:
         first = min(timed) if timed else None
         order = ([(first[2], first[3])] if first else []) + [
             (q, e) for q, e, _, _ in running if first is None or (q, e) != first[2:]]
-        text = b""
-        for q, e in order:
-            piece = f"{q}\n{e}".encode()
-            if len(text) + len(piece) + 1 >= _MANY_BYTES:
-                break  # too many to list: those left out are not charged after a crash
-            text = text + b"\n" + piece if text else piece
+        self.put([f"{q}\n{e}".encode() for q, e in order],
+                 first[0] if first else 0.0, first[1] if first else 0.0)
+
+    def put(self, pieces: list[bytes], deadline: float, timeout: float) -> None:
+        """``publish`` with each entry's ``b"queue\nentry id"`` made already, the one
+        with ``deadline`` (0: none) first."""
+        text = b"\n".join(pieces)
+        if len(text) >= _MANY_BYTES:  # too many to list: those left out are not charged
+            size, n = -1, 0           # after a crash
+            while n < len(pieces) and size + 1 + len(pieces[n]) < _MANY_BYTES:
+                size, n = size + 1 + len(pieces[n]), n + 1
+            text = b"\n".join(pieces[:n])
         self.deadline.value = 0.0
         self.running.value = text
-        self.timeout.value = first[1] if first else 0.0
-        self.deadline.value = first[0] if first else 0.0
+        self.timeout.value = timeout
+        self.deadline.value = deadline
 
     def expired(self, now: float) -> bool:
         deadline = self.deadline.value
