@@ -26,6 +26,7 @@ from streamq import (
 )
 from streamq.base import keys
 from streamq.data.outcome import Delivery, Succeeded
+from streamq.server.transport import script_command
 from streamq.server.writer import OutcomeWriter
 from streamq.worker.continuations import CRASH_HOOK
 from tests import canvas_tasks as ct
@@ -238,13 +239,40 @@ def test_interrupted_creation_never_fires_a_half_built_chord(app: StreamQ,
     assert 0 < ttl <= app.settings.result_ttl
 
 
+def test_a_body_whose_chord_state_expired_is_dead_and_ends_its_chain(
+        app: StreamQ, worker: Any, start_worker: Any) -> None:
+    ns = app.settings.namespace
+    last = chain(chord([ct.square.s(2)], ct.total.s(key="lost").set(queue="canvas_body")),
+                 ct.inc.s(key="after_lost")).apply_async()
+    body = last.parent
+    client = app.server.connection.client
+    stream = keys.stream(ns, "canvas_body")
+    wait_until(lambda: client.exists(stream) and client.xlen(stream) == 1, timeout=15,
+               message="the body enqueued")
+    client.delete(keys.chord_results(ns, "canvas_body", body.id))  # as if it expired
+    start_worker(app.settings.url, "-c", "1", "-Q", "canvas_body", *FAST, module=MODULE)
+    with pytest.raises(ChainError, match="failed for good"):
+        last.get(timeout=15)
+    assert body.status == "DEAD" and "chord state expired" in body.info["reason"]
+    assert count_of("lost") == 0 and count_of("after_lost") == 0
+
+
 def test_a_plain_success_packs_exactly_as_before(app: StreamQ) -> None:
+    """No continuation, no extra work: the outcomes script call of a plain success is
+    byte for byte the one written before canvas existed."""
+    ns, ttl = app.settings.namespace, app.settings.result_ttl
     writer = OutcomeWriter(app.settings, "c1")
     d = Delivery("default", "1-1", b"{}", 1, time.monotonic())
-    plain = Succeeded(d, "t1", "x", "4", "application/json", "utf-8", 1, 0.001)
+    plain = Succeeded(d, "t1", "x", "4", "application/json", "utf-8", 1, 0.002)
     pipe = writer.pack([plain])
+    expected = script_command(
+        "outcomes", [keys.stream(ns, "default"), keys.delayed(ns, "default"),
+                     keys.delayed_messages(ns, "default"), keys.dead(ns, "default"),
+                     keys.record(ns, "default", "t1"), keys.done(ns, "default", "t1")],
+        [keys.GROUP, "c1", "c1", ttl, min(ttl, 10), 0,
+         "S", "1-1", "4", "application/json", "", 1, 1, 2])
+    assert pipe.commands[0] == expected
     assert len(pipe.commands) == 3 and not pipe.forwards  # the script and two counters
-    assert b"outbox" not in pipe.commands[0] and b"\r\nO\r\n" not in pipe.commands[0]
 
 
 def test_bad_canvases_are_refused_in_one_line(app: StreamQ) -> None:

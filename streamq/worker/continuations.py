@@ -77,12 +77,13 @@ class Continuations:
         n = int(chord.get("n", 0))
         got = self.store.chord_results(msg.queue, msg.id)
         if len(got) < n:
-            return Dead(call.delivery, msg.id, msg.task, msg.retries,
-                        f"chord body without its members' results ({len(got)} of {n} "
-                        f"found): its chord state expired (result_ttl) or was deleted",
-                        record.dead(reason="chord results missing", task=msg.task,
-                                    deliveries=call.delivery.deliveries, dead_at_ms=now_ms(),
-                                    worker=self.consumer))
+            # Dead, and what follows the body is failed as after any dead step.
+            why = (f"chord body without its members' results ({len(got)} of {n} found): "
+                   f"its chord state expired (result_ttl) or was deleted")
+            fields = record.dead(reason=why, task=msg.task, deliveries=call.delivery.deliveries,
+                                 dead_at_ms=now_ms(), worker=self.consumer)
+            return self.finished(msg, Dead(call.delivery, msg.id, msg.task, msg.retries, why,
+                                           fields))
         if chord.get("imm"):
             return call
         values = [self._contribution(got[i]) for i in range(n)]
