@@ -29,6 +29,7 @@ from .continuations import Continuations
 from .executor import Call, Executor
 from .held import Held, Running
 from .housekeeping import Housekeeping
+from .periodic import PeriodicDuty
 from .pulled import PulledThreads
 from .recycling import Recycling
 from .threaded import Threads
@@ -128,7 +129,7 @@ class Consumer:
                 self.held, self.link, self.writer, self.recovery, self.settings, self.queues,
                 self.name, self.flush,
                 None if self.worker_info is None else (self.worker_id, self.worker_info),
-                lambda: self.stopping, self.guard, soft)
+                lambda: self.stopping, self.guard, soft, PeriodicDuty.of(self.app))
             self._housekeeping.start()
 
     def _ensure_groups(self) -> None:
