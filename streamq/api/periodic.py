@@ -22,8 +22,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from ..base.errors import ConfigurationError, StreamQError
 from ..base.settings import check_queue_name
 from ..data.message import Message
@@ -74,6 +72,8 @@ class Schedule:
         if self.every_ms is not None:
             return (t_ms // self.every_ms + 1) * self.every_ms
         start = datetime.fromtimestamp(t_ms / 1000, ZoneInfo(self.tz))
+        from croniter import croniter
+
         return _ms_of(croniter(self._cron, start).get_next(datetime))
 
     def latest_at(self, t_ms: int) -> int:
@@ -82,6 +82,8 @@ class Schedule:
             return t_ms // self.every_ms * self.every_ms
         # croniter's get_prev is strictly before its start: start 1 ms later.
         start = datetime.fromtimestamp((t_ms + 1) / 1000, ZoneInfo(self.tz))
+        from croniter import croniter
+
         return _ms_of(croniter(self._cron, start).get_prev(datetime))
 
     def grace_ms(self, tick_ms: int, after_ms: int) -> int | None:
@@ -228,6 +230,8 @@ def _when(cron: str | None, every: timedelta | float | None, tz: str | None
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         raise ConfigurationError(f"unknown time zone {zone!r}; use an IANA name such as "
                                  f"'Europe/Paris' or 'UTC'") from None
+    from croniter import croniter  # at first use: it spawns `file` at import
+
     if not isinstance(cron, str) or not croniter.is_valid(cron):
         raise ConfigurationError(f"invalid cron expression {cron!r}; use five fields "
                                  f"(minute hour day month weekday), e.g. '*/5 * * * *'")
