@@ -204,21 +204,21 @@ def test_chord_of_200_runs_its_body_once_while_members_are_killed(vapp: StreamQ,
     assert count_of("m") >= 200  # killed members ran again, and counted once each
 
 
-def test_a_crash_between_acknowledging_members_and_forwarding_them(vapp: StreamQ,
+def test_a_crash_between_acknowledging_members_and_forwarding_them(app: StreamQ,
                                                                    start_worker: Any) -> None:
     """Each member's process dies right after its outcome (and outbox) is written and
     before its forward is sent: only the outbox sweep can fire the body."""
-    crashing = start_worker(vapp.settings.url, "-c", "1", *FAST, module=MODULE,
+    crashing = start_worker(app.settings.url, "-c", "1", *FAST, module=MODULE,
                             env={CRASH_HOOK: "1"})
-    start_worker(vapp.settings.url, "-c", "1", "-Q", "canvas_body", *FAST, module=MODULE)
+    start_worker(app.settings.url, "-c", "1", "-Q", "canvas_body", *FAST, module=MODULE)
     body = chord([ct.square.s(i) for i in range(3)],
                  ct.total.s(key="swept").set(queue="canvas_body")).apply_async()
     assert body.get(timeout=30) == 0 + 1 + 4
     assert count_of("square") == 3  # each member acknowledged once, before its crash
     assert count_of("swept") == 1
     assert "again from the outbox" in crashing.output()
-    client = vapp.server.connection.client
-    wait_until(lambda: client.hlen(keys.outbox(vapp.settings.namespace, "default")) == 0,
+    client = app.server.connection.client
+    wait_until(lambda: client.hlen(keys.outbox(app.settings.namespace, "default")) == 0,
                timeout=10, message="the outbox emptied")
 
 
