@@ -163,7 +163,7 @@ class Continuations:
         if prepend:
             args, kwargs = serialization.loads(nxt.body, nxt.content_type,
                                                nxt.content_encoding, accept=self.accept)
-            # In place of the stand-in the canvas put first (``_Build._message``).
+            # In place of the stand-in the canvas put first (``canvas_build.Build._message``).
             ct, ce, body = serialization.dumps([[value, *args[1:]], kwargs], self.serializer,
                                                "the arguments", nxt.task)
             nxt = nxt._replace(content_type=ct, content_encoding=ce, body=body)
