@@ -194,6 +194,12 @@ class Consumer:
             self._reclaim()
         if self.threads is not None:
             return self.threads.run_once()
+        return self.run_here()
+
+    def run_here(self) -> int:
+        """Read if nothing is buffered, then run what is buffered here, one at a time
+        (also a threaded process whose tasks compute: ``pulled.py``)."""
+        held = self.held
         if not held.buffer:
             held.add(self._flush_and_read())
         done = 0

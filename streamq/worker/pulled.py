@@ -20,6 +20,12 @@ predecessor: threads leave it at the buffer's head, and the loop runs it alone o
 every thread is idle, so that if it kills this process too, it is the only one charged.
 With a memory limit, the thread that finished a task checks the RSS (``recycling.py``);
 once the process is to be replaced, threads take no more entries.
+
+Only as many threads run at once as keep one CPU busy (``tune``, every 0.1 s, from the
+share of their task time they want a CPU: ``demand.py``): all of them while tasks
+wait, one while they compute. At one, the loop runs the tasks itself, exactly as
+with ``--threads 1``, and tries two threads for a window every second, to see
+whether its tasks wait now.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..data.outcome import Delivery
+from .demand import Demand
 from .executor import Call
 from .held import Running
 
@@ -41,6 +48,19 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.05
 """While tasks run and the queues were empty: how often the loop looks again."""
+
+TUNE_EVERY_S = 0.1
+"""How often the loop weighs the threads' CPU share (``demand.py``) and sets how many
+threads may run tasks at once."""
+ENOUGH = 0.9
+"""The share of one CPU the running threads should want together: as many threads
+run as make it so (``ENOUGH / share`` of a task's time spent wanting a CPU), from
+one (tasks that compute) to ``--threads`` (tasks that wait)."""
+PROBE_EVERY_S = 1.0
+"""While its tasks run in the loop (one at a time), how often a process tries two
+threads for a window, to see whether its tasks wait now."""
+JUDGE_AFTER_S = 0.02
+"""Task time below which a window says nothing."""
 
 HELP_AFTER_S = 0.002
 """A thread that takes an entry wakes another one when what is left in the buffer
@@ -62,7 +82,14 @@ class PulledThreads:
         """Threads running (or preparing) a task; changed under held's lock."""
         self.idle = 0
         """Threads waiting for an entry."""
-        self.finished = 0
+        self.limit = n
+        """How many threads may run tasks at once: all of them while they wait, fewer
+        while they compute (``tune``)."""
+        self.demand = Demand()
+        self._next_tune = 0.0
+        self._busy_s = 0.0
+        """Seconds the threads spent on tasks since the last ``tune``."""
+        self._probe_at = 0.0
         self._want: Callable[[], bool] | None = None
         """What the loop waits for, when it waits: a thread that makes it true wakes it
         (and only then: no wake-up per task)."""
@@ -81,8 +108,33 @@ class PulledThreads:
 
     # -- the loop's side -------------------------------------------------------------
     def _free(self) -> int:
-        """Threads with nothing to do and no entry buffered for them."""
-        return self.n - self.busy - len(self.held.buffer)
+        """Threads that may start a task and have no entry buffered for them."""
+        return self.limit - self.busy - len(self.held.buffer)
+
+    def tune(self, now: float) -> None:
+        """As many running threads as keep one CPU busy: one while tasks compute (they
+        then run in the loop itself, as with ``--threads 1``), all while they wait."""
+        self._next_tune = now + TUNE_EVERY_S
+        used = self.demand.used()
+        with self.work:
+            busy_s, self._busy_s = self._busy_s, 0.0
+        before = self.limit
+        if used is None:
+            return
+        if before == 1:  # tasks run in the loop: try threads again now and then
+            if now >= self._probe_at:
+                self.limit = 2
+        elif busy_s >= JUDGE_AFTER_S:
+            share = used / busy_s
+            self.limit = self.n if share <= 0 else max(1, min(self.n, round(ENOUGH / share)))
+            if self.limit == 1:
+                self._probe_at = now + PROBE_EVERY_S
+        if self.limit > before and self.held.buffer:
+            with self.work:
+                self.work.notify(self.limit - self.busy)
+        if self.limit != before:
+            log.debug("Task threads: %d of %d run at once (%.1f ms of task time).",
+                      self.limit, self.n, busy_s * 1000)
 
     def _suspect_first(self) -> bool:
         buf = self.held.buffer
@@ -90,21 +142,26 @@ class PulledThreads:
 
     def _low(self) -> bool:
         """Time to read: fewer buffered entries than threads, one of them free."""
-        return len(self.held.buffer) < self.n and self._free() > 0
+        return len(self.held.buffer) < self.limit and self._free() > 0
 
     def run_once(self) -> int:
         """Read when the buffer runs low, run a suspect alone, or wait for either;
         returns how many entries were read or decided."""
         c, held = self.c, self.held
+        now = time.monotonic()
+        if now >= self._next_tune:
+            self.tune(now)
         if held.buffer and not self.busy:  # e.g. recovered or reclaimed entries
             with self.work:
                 self.work.notify()
         if c.recycled is None:
-            c.recycled = c.recycling.due(self.finished)
+            c.recycled = c.recycling.due(c.processed)
         if c.recycled is not None:  # read no more; retire once the threads are done
             self.wait_idle()
             c._retire()
             return 0
+        if self.limit == 1 and not self.busy:
+            return c.run_here()  # tasks that compute: no thread would help them
         if self._suspect_first():
             return self._run_suspect()
         if not self._low():
@@ -112,7 +169,7 @@ class PulledThreads:
                        self.c.recycled is not None, c.block_ms / 1000)
             return 0
         limit = c.recycling.max_tasks
-        started = self.finished + self.busy + len(held.buffer)
+        started = c.processed + self.busy + len(held.buffer)
         if limit and started >= limit:
             # Every task it may run has been read: retire once they are done.
             self._wait(lambda: not self.busy and not self.held.buffer, c.block_ms / 1000)
@@ -143,7 +200,7 @@ class PulledThreads:
         finally:
             with self.work:
                 self._alone = False
-                self.finished += 1
+                c.processed += 1
                 self.work.notify_all()  # whatever follows it may start now
         return 1
 
@@ -168,17 +225,18 @@ class PulledThreads:
         with self.work:
             self._closing = True
             self.work.notify_all()
+        self.demand.close()
 
     # -- the task threads' side ------------------------------------------------------
     def _take(self) -> Delivery | None:
         """The next entry for a thread (held's lock is held), or None."""
         buf, c = self.held.buffer, self.c
-        if not buf or buf[0].deliveries > 1 or self._alone or c.stopping or \
-                c.recycled is not None:
+        if not buf or buf[0].deliveries > 1 or self._alone or self.busy >= self.limit \
+                or c.stopping or c.recycled is not None:
             return None
         self.busy += 1
         d = buf.popleft()
-        if buf and self.idle:
+        if buf and self.idle and self.busy < self.limit:
             est = c.batch.per_task_s
             if est is None or len(buf) * est > HELP_AFTER_S:
                 self.work.notify()
@@ -187,13 +245,17 @@ class PulledThreads:
     def _serve(self) -> None:
         held, c = self.held, self.c
         d: Delivery | None = None
+        t0 = 0.0
+        with self.work:
+            self.demand.watch(threading.get_native_id())
         while True:
             with self.work:
                 if d is not None:
                     self.busy -= 1
-                    self.finished += 1
+                    c.processed += 1
+                    self._busy_s += time.perf_counter() - t0
                     if self._memory and c.recycled is None:
-                        c.recycled = c.recycling.due(self.finished)
+                        c.recycled = c.recycling.due(c.processed)
                 want = self._want
                 if want is not None and want():
                     held.changed.notify()
@@ -205,6 +267,7 @@ class PulledThreads:
                         self.work.wait()
                     finally:
                         self.idle -= 1
+            t0 = time.perf_counter()
             try:
                 self._one(d)
             except BaseException:  # the executor turns every error into an outcome
