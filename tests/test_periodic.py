@@ -216,19 +216,20 @@ def test_catch_up_runs_the_latest_missed_tick_once_and_catch_up_false_skips(
     app = StreamQ(server.url, namespace=namespace)
     try:
         job = app.task(lambda tick, which: None, name="job")
-        app.add_periodic(job, every=0.8, name="late", kwargs={"which": "late"},
+        app.add_periodic(job, every=2, name="late", kwargs={"which": "late"},
                          tick_kwarg="tick")
-        app.add_periodic(job, every=0.8, name="strict", kwargs={"which": "strict"},
+        app.add_periodic(job, every=2, name="strict", kwargs={"which": "strict"},
                          tick_kwarg="tick", catch_up=False)
         duty = PeriodicDuty.of(app)
         assert duty is not None
         duty.periodic_tasks(0)  # a worker installs both, then goes away
         first = int(_state(app, "late")["next"])
-        assert int(_state(app, "strict")["next"]) == first and first % 800 == 0
+        assert int(_state(app, "strict")["next"]) == first and first % 2000 == 0
         assert _calls(app) == []  # nothing fires at once
-        # No worker is up for three ticks; the latest came 0.6 s ago (grace: 0.4 s).
-        latest = first + 1600
-        _due_at(duty.store, latest + 600)
+        # No worker is up for two ticks; the latest came 1.2 s ago (grace: 1 s), and
+        # the next is 0.8 s away (a margin for a loaded machine).
+        latest = first + 2000
+        _due_at(duty.store, latest + 1200)
         again = PeriodicDuty.of(app)  # a worker (re)starts: reads the state, then fires
         assert again is not None
         _run_duty(again, 0.1)
@@ -236,22 +237,22 @@ def test_catch_up_runs_the_latest_missed_tick_once_and_catch_up_false_skips(
         assert [(k["which"], _ms(k["tick"])) for _, k in calls] == [("late", latest)]
         late, strict = _state(app, "late"), _state(app, "strict")
         assert (late["fired"], late["last_tick"], late["next"]) == \
-            ("1", str(latest), str(latest + 800))
+            ("1", str(latest), str(latest + 2000))
         assert "fired" not in strict and strict["skipped"] == "1"
         assert (strict["last_skip"], strict["last_skip_tick"], strict["next"]) == \
-            ("missed", str(latest), str(latest + 800))
+            ("missed", str(latest), str(latest + 2000))
         _run_duty(again, 0.1)  # and no burst follows
         assert len(_calls(app)) == 1
         # Both go on from the next tick, each once, whichever of the two fires it.
-        _due_at(duty.store, latest + 800)
+        _due_at(duty.store, latest + 2000)
         end = time.monotonic() + 0.2
         while time.monotonic() < end:
             duty.periodic_tasks(0)
             again.periodic_tasks(0)
             time.sleep(0.01)
         ticks = sorted((k["which"], _ms(k["tick"])) for _, k in _calls(app))
-        assert ticks == [("late", latest), ("late", latest + 800),
-                         ("strict", latest + 800)]
+        assert ticks == [("late", latest), ("late", latest + 2000),
+                         ("strict", latest + 2000)]
     finally:
         app.close()
 
