@@ -13,7 +13,7 @@ import redis
 from click.testing import CliRunner
 
 from streamq.cli import cli
-from streamq.cli.benchmark import CEILINGS, ROWS
+from streamq.cli.benchmark import CEILINGS, GROUPS, ROWS
 from tests.conftest import ROOT
 from tests.servers import ServerProcess
 
@@ -85,8 +85,8 @@ def test_bench_stops_the_embedded_server_it_started(tmp_path: Path) -> None:
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run([sys.executable, "-m", "streamq", "bench", "-n", "200", "-c", "1",
-                           "--json"], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=240, check=False)
+                           "--only", "enqueue,drain", "--json"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["rows"]
     assert f"stopped the embedded server that the bench started for {project.resolve()}" \
@@ -95,3 +95,20 @@ def test_bench_stops_the_embedded_server_it_started(tmp_path: Path) -> None:
                             cwd=project, env=env, capture_output=True, text=True, timeout=60,
                             check=False)
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed
+
+
+def test_only_runs_the_measurements_named(valkey: ServerProcess) -> None:
+    result = CliRunner().invoke(cli, ["bench", "--url", valkey.url, "-n", "200", "-c", "1",
+                                      "--only", "drain, roundtrip", "--json"])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    doc = json.loads(result.stdout)
+    assert [row["key"] for row in doc["rows"]] == [
+        *GROUPS["drain"], *GROUPS["roundtrip"]]
+    assert all(row["value"] > 0 for row in doc["rows"])
+    assert set(doc["ceilings"]) == {"raw_drain"} and doc["params"]["only"] == [
+        "drain", "roundtrip"]
+    bad = subprocess.run([sys.executable, "-m", "streamq", "bench", "--url", valkey.url,
+                          "--only", "drain,speed"], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert bad.returncode == 2 and "unknown measurement(s) speed" in bad.stderr
+    assert "Traceback" not in bad.stderr and bad.stdout == ""

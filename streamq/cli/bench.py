@@ -63,8 +63,12 @@ def render(report: dict[str, Any], console: Console) -> None:
               help="Worker processes for the drain measurement.")
 @click.option("--payload-bytes", type=click.IntRange(0, 64 * 1024 * 1024), default=0,
               show_default=True, help="Size of each task's string argument.")
+@click.option("--only", metavar="GROUP[,GROUP]", default=None,
+              help="Run only these measurements: enqueue, durable, drain, spread, threads, "
+                   "roundtrip (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
-def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, as_json: bool) -> None:
+def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, only: str | None,
+          as_json: bool) -> None:
     """Measure streamq against the raw redis-py ceiling on the same server.
 
     Runs raw XADD / pipelined XADD / XREADGROUP+XACK+XDEL loops, then streamq's
@@ -77,8 +81,18 @@ def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, as_json
     Example:
       streamq bench --url redis://127.0.0.1:6379/0 -n 20000 -c 2
       streamq bench -n 2000 --json > bench.json     # embedded server
+      streamq bench --only enqueue,drain            # two of the measurements
     """
-    from .benchmark import run_bench
+    from .benchmark import GROUPS, run_bench
+
+    groups = frozenset(GROUPS)
+    if only is not None:
+        groups = frozenset(g.strip() for g in only.split(",") if g.strip())
+        unknown = sorted(groups - set(GROUPS))
+        if unknown or not groups:
+            raise click.BadParameter(
+                f"unknown measurement(s) {', '.join(unknown) or '(none given)'}; choose from "
+                f"{', '.join(GROUPS)}", param_hint="--only")
 
     err = Console(stderr=True, highlight=False)
     status = err.status("starting") if err.is_terminal else None
@@ -98,7 +112,8 @@ def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, as_json
     if status is not None:
         status.start()
     try:
-        report = run_bench(url, n, concurrency, payload_bytes, progress=progress)
+        report = run_bench(url, n, concurrency, payload_bytes, progress=progress,
+                           only=groups)
     finally:
         if status is not None:
             status.stop()

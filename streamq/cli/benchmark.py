@@ -93,6 +93,12 @@ ROWS.update({
     "sleep_async": (f"sleep drain: async def, {bench_threads.SLEEP_SLOTS} x "
                     f"{bench_threads.SLEEP_PROCESSES}", "tasks/s", "sleep_limit", 0.80),
 })
+GROUPS = {"enqueue": ("delay", "map", "adelay"),
+          "durable": ("durable_everysec", "durable_always"),
+          "drain": ("drain",), "spread": ("spread",),
+          "threads": ("noop_ignore_result", "io", "sleep_threads", "sleep_async"),
+          "roundtrip": ("roundtrip_p50", "roundtrip_p99", "idle_rss")}
+"""The measurements ``--only`` can pick, and the rows each gives."""
 TASK_CEILINGS = {"delay_beside_durable", "io_one_thread", "sleep_limit", "noop_recorded"}
 CEILINGS = {"xadd_single": "raw XADD", "xadd_pipelined": "raw XADD pipelined x100",
             "raw_drain": "raw XREADGROUP+XACK+XDEL",
@@ -106,12 +112,16 @@ CEILINGS = {"xadd_single": "raw XADD", "xadd_pipelined": "raw XADD pipelined x10
 
 def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
               progress: Callable[[str], None] | None = None,
-              time_limit_s: float = 300) -> dict[str, Any]:
-    """Run every measurement (see the module docstring) and return the report dict:
-    ``params``, ``versions``, ``ceilings``, ``rows`` (each with ``value``, ``ceiling``,
-    ``ratio`` = value/ceiling, ``target``, ``meets_target``), ``details``, ``elapsed_s``."""
+              time_limit_s: float = 300, only: frozenset[str] = frozenset(GROUPS)
+              ) -> dict[str, Any]:
+    """Run the measurements of the ``only`` groups (``GROUPS``; see the module
+    docstring) and return the report dict: ``params``, ``versions``, ``ceilings``,
+    ``rows`` (each with ``value``, ``ceiling``, ``ratio`` = value/ceiling, ``target``,
+    ``meets_target``), ``details``, ``elapsed_s``."""
     if n < 1 or concurrency < 1 or payload_bytes < 0 or time_limit_s <= 0:
         raise ValueError("n and concurrency must be >= 1, payload_bytes >= 0, time_limit_s > 0")
+    if not only or not only <= set(GROUPS):
+        raise ValueError(f"only: one or more of {', '.join(GROUPS)}")
     say = progress or (lambda _msg: None)
     clock = Clock(time_limit_s)
     ns = f"streamq-bench-{secrets.token_hex(4)}"
@@ -127,7 +137,7 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
         say(f"server {versions['server_name']} {versions['server_version']} at "
             f"{mask_url(resolved)}; namespace {ns}")
         measured, details = _measure(app, raw, resolved, ns, n, concurrency,
-                                     payload_bytes, clock, say, procs)
+                                     payload_bytes, clock, say, procs, only)
     finally:
         for proc in procs:
             if not proc.bench_log.closed:  # type: ignore[attr-defined]  # not stopped yet
@@ -142,9 +152,12 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
         app.close()
     ceilings = {k: {"measurement": v, "value": measured[k],
                     "unit": "tasks/s" if k in TASK_CEILINGS else "entries/s"}
-                for k, v in CEILINGS.items()}
+                for k, v in CEILINGS.items() if k in measured}
+    picked = {key for group in only for key in GROUPS[group]}
     rows = []
     for key, (label, unit, ceiling_key, bound) in ROWS.items():
+        if key not in picked:
+            continue
         value = measured[key]
         ceiling = measured[ceiling_key] if ceiling_key else None
         # No value: the server could not be durable (details say why).
@@ -159,7 +172,8 @@ def run_bench(url: str | None, n: int, concurrency: int, payload_bytes: int, *,
     return {
         "params": {"url": mask_url(resolved), "n": n, "concurrency": concurrency,
                    "payload_bytes": payload_bytes, "namespace": ns,
-                   "time_limit_s": time_limit_s},
+                   "time_limit_s": time_limit_s,
+                   "only": [g for g in GROUPS if g in only]},
         "versions": versions, "ceilings": ceilings, "rows": rows, "details": details,
         "elapsed_s": round(time.perf_counter() - t_all, 3),
     }
@@ -195,14 +209,43 @@ def _raw_drain(r: Ceiling, stream: str, count: int, clock: Clock) -> float:
 
 def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: int,
              payload_bytes: int, clock: Clock, say: Callable[[str], None],
-             procs: list[subprocess.Popen[bytes]]
+             procs: list[subprocess.Popen[bytes]], only: frozenset[str]
              ) -> tuple[dict[str, float | None], dict[str, Any]]:
     fn, queue = bench_tasks.noop.fn, bench_tasks.noop.options.queue
     noop = app.task(name=bench_tasks.NOOP_NAME, queue=queue)(fn)
     sink = app.task(name="streamq.bench.enqueue_only", queue=SINK_QUEUE)(fn)
     args: tuple[Any, ...] = ("x" * payload_bytes,) if payload_bytes else ()
-    single, stream, fields = f"{ns}:raw:single", f"{ns}:raw:stream", {"m": b"x" * payload_bytes}
+    out: dict[str, float | None] = {}
+    details: dict[str, Any] = {}
+    if "enqueue" in only:
+        _enqueue(app, r, n, args, sink, noop, clock, say, out, ns)
+    if "durable" in only:
+        durable, more = bench_durable.measure(app, sink, url, ns, n, args, clock, say)
+        out.update(durable)
+        details.update(more)
+    if "drain" in only:
+        # The enqueue measurement's map() and pipelined XADDs leave what the drains run.
+        _drain(r, url, ns, n, concurrency, queue, noop, args, clock, say, procs, out, details,
+               filled="enqueue" in only)
+    if "spread" in only:
+        out["spread"], out["spread_ideal"], more = bench_spread.measure(
+            app, r, url, ns, clock, say, procs)
+        details.update(more)
+    if "threads" in only:
+        threaded, more = bench_threads.measure(app, r, url, ns, n, concurrency, clock, say,
+                                               procs)
+        out.update(threaded)
+        details.update(more)
+    if "roundtrip" in only:
+        _roundtrips(url, ns, n, queue, noop, args, clock, say, procs, out, details, r)
+    return out, details
 
+
+def _enqueue(app: StreamQ, r: Ceiling, n: int, args: tuple[Any, ...], sink: Any, noop: Any,
+             clock: Clock, say: Callable[[str], None], out: dict[str, float | None],
+             ns: str) -> None:
+    single, stream = f"{ns}:raw:single", f"{ns}:raw:stream"
+    fields = {"m": b"x" * len(args[0] if args else "")}
     say(f"enqueue: raw XADD, delay(), raw pipelined XADD, map(): {ROUNDS} alternating "
         f"slices of {n} in all")
     secs = dict.fromkeys(("xadd_single", "delay", "xadd_pipelined", "map", "adelay"), 0.0)
@@ -219,10 +262,17 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
             secs["map"] += _timed(clock, "map()", 1,
                                   lambda: noop.map([args] * size))  # noqa: B023
     r.delete(single)
-    out: dict[str, float | None] = {k: round(n / v, 1) for k, v in secs.items()}
-    durable, details = bench_durable.measure(app, sink, url, ns, n, args, clock, say)
-    out.update(durable)
+    out.update({k: round(n / v, 1) for k, v in secs.items()})
 
+
+def _drain(r: Ceiling, url: str, ns: str, n: int, concurrency: int, queue: str, noop: Any,
+           args: tuple[Any, ...], clock: Clock, say: Callable[[str], None],
+           procs: list[subprocess.Popen[bytes]], out: dict[str, float | None],
+           details: dict[str, Any], *, filled: bool) -> None:
+    stream, fields = f"{ns}:raw:stream", {"m": b"x" * len(args[0] if args else "")}
+    if not filled:
+        noop.map([args] * n)
+        r.xadd_pipelined(stream, fields, n, clock.check)
     say(f"drain: raw drain of {n // 2}, a worker with {concurrency} process(es) drains "
         f"{n} tasks, raw drain of {n - n // 2}")
     r.create_group(stream)
@@ -258,15 +308,11 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
     out["raw_drain"] = round(n / raw_s, 1)
     r.delete(stream)
 
-    out["spread"], out["spread_ideal"], more = bench_spread.measure(app, r, url, ns, clock,
-                                                                    say, procs)
-    details.update(more)
 
-    threaded, more = bench_threads.measure(app, r, url, ns, n, concurrency, clock, say,
-                                           procs)
-    out.update(threaded)
-    details.update(more)
-
+def _roundtrips(url: str, ns: str, n: int, queue: str, noop: Any, args: tuple[Any, ...],
+                clock: Clock, say: Callable[[str], None],
+                procs: list[subprocess.Popen[bytes]], out: dict[str, float | None],
+                details: dict[str, Any], r: Ceiling) -> None:
     say("streamq: round trips against one idle -c 1 worker")
     clock.phase = "round trips"
     proc = bp.start_worker(url, ns, 1, procs, queue)
@@ -296,7 +342,6 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
     details.update(idle_rss_children_mb=[round(x, 1) for x in rss],
                    idle_rss_supervisor_mb=round(bp.rss_mb(proc.pid), 1))
     bp.stop(proc)
-    return out, details
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
