@@ -16,6 +16,7 @@ from streamq import Hook, StreamQ, TaskEvent
 from streamq.base import keys
 from streamq.data.record import Status
 from tests import tasks
+from tests.recording import Recorder
 from tests.test_api import drain
 
 
@@ -61,27 +62,6 @@ def test_requeue_resets_the_record_and_moves_the_message_together(
     assert res.get(timeout=5) == 2
 
 
-class Recorder(Hook):
-    def __init__(self) -> None:
-        self.events: list[tuple[str, TaskEvent]] = []
-
-    def enqueued(self, event: TaskEvent) -> None:
-        self.events.append(("enqueued", event))
-
-    def started(self, event: TaskEvent) -> None:
-        self.events.append(("started", event))
-
-    def succeeded(self, event: TaskEvent) -> None:
-        self.events.append(("succeeded", event))
-
-    def retried(self, event: TaskEvent) -> None:
-        self.events.append(("retried", event))
-
-    def failed(self, event: TaskEvent) -> None:
-        self.events.append(("failed", event))
-
-    def dead(self, event: TaskEvent) -> None:
-        self.events.append(("dead", event))
 
 
 class Broken(Hook):

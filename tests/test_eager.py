@@ -28,12 +28,10 @@ from streamq import (
     AsyncResult,
     EncodeError,
     GetInsideTaskError,
-    Hook,
     MessageTooLargeError,
     ResultError,
     ResultNotFoundError,
     StreamQ,
-    TaskEvent,
     TaskFailed,
     TaskNotRegisteredError,
     current_task,
@@ -42,6 +40,7 @@ from streamq.api.eager import EagerResult, is_eager, run_inline
 from tests import eager_tasks as et
 from tests import tasks
 from tests.conftest import ROOT
+from tests.recording import Recorder
 from tests.test_readme import _files
 
 app = et.app
@@ -54,27 +53,6 @@ def _no_link() -> Any:
     assert app._server is None and app._aio is None, "eager mode built a server link"
 
 
-class Recorder(Hook):
-    def __init__(self) -> None:
-        self.events: list[tuple[str, TaskEvent]] = []
-
-    def enqueued(self, event: TaskEvent) -> None:
-        self.events.append(("enqueued", event))
-
-    def started(self, event: TaskEvent) -> None:
-        self.events.append(("started", event))
-
-    def succeeded(self, event: TaskEvent) -> None:
-        self.events.append(("succeeded", event))
-
-    def retried(self, event: TaskEvent) -> None:
-        self.events.append(("retried", event))
-
-    def failed(self, event: TaskEvent) -> None:
-        self.events.append(("failed", event))
-
-    def dead(self, event: TaskEvent) -> None:
-        self.events.append(("dead", event))
 
 
 def test_delay_runs_inline_and_the_handle_has_the_async_result_api() -> None:
