@@ -55,7 +55,8 @@ def render(report: dict[str, Any], console: Console) -> None:
 
 @click.command()
 @click.option("--url", default=None, metavar="URL",
-              help="redis://, rediss:// or unix:// URL (default: $STREAMQ_URL, else the "
+              help="redis://, rediss://, unix:// or redis+sentinel:// URL (default: "
+                   "$STREAMQ_URL, else the "
                    "embedded server).")
 @click.option("-n", "n", type=click.IntRange(1, 10_000_000), default=20000, show_default=True,
               help="Tasks (and raw entries) per throughput measurement.")

@@ -137,7 +137,8 @@ def url_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--app", "app_spec", default=None, metavar="MODULE[:ATTR]",
                       help="Import this module for its app and tasks.")(fn)
     return click.option("--url", default=None, metavar="URL",
-                        help="redis://, rediss:// or unix:// URL (default: $STREAMQ_URL, "
+                        help="redis://, rediss://, unix:// or redis+sentinel:// URL "
+                             "(default: $STREAMQ_URL, "
                              "else the embedded server of the project: the nearest directory "
                              "up from here with .streamq/, pyproject.toml or .git).")(fn)
 
