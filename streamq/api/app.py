@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from itertools import groupby
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from ..base.errors import (
     BrokerConnectionError,
@@ -26,7 +26,6 @@ from ..base.ids import queue_of
 from ..base.settings import Settings, check_queue_name, mask_url
 from ..data import record, serialization
 from ..data.message import Message, now_ms
-from ..server.aio import AsyncLinks
 from ..server.deadletters import DeadLetters
 from ..server.link import ServerLink
 from . import aio, eager
@@ -42,6 +41,9 @@ from .result import AsyncResult
 from .result import AsyncResult as _AsyncResult  # for annotations: StreamQ.AsyncResult shadows it
 from .task import CountdownDue, P, R, Task, TaskOptions, build_message, due_ms_from
 
+if TYPE_CHECKING:
+    from ..server.aio import AsyncLinks
+
 log = logging.getLogger(__name__)
 
 _BATCH = 100  # calls per batch, and per script call: bounds how long one blocks the server
@@ -52,8 +54,7 @@ class StreamQ:
     the project's embedded Valkey server, started on first use (``server.embedded``)."""
 
     def __init__(self, url: str | None = None, **options: Any) -> None:
-        """``options``: ``Settings`` fields (``namespace``, ``serializer``, ``result_ttl``,
-        ...; an unknown one: ``ConfigurationError``); ``STREAMQ_*`` variables fill in the rest."""
+        """``options``: ``Settings`` fields (else ``ConfigurationError``); then ``STREAMQ_*``."""
         self.settings = Settings.from_env(url=url, **options)
         self.signer = checked_signer(self.settings)
         """Signs every message this app writes (``signing_key``); None: signing off."""
@@ -76,12 +77,10 @@ class StreamQ:
 
     @property
     def masked_url(self) -> str:
-        return mask_url(self.settings.url) if self._server is None else \
-            self._server.masked_url
+        return mask_url(self.settings.url) if self._server is None else self._server.masked_url
 
     def configure(self, **changes: Any) -> None:
-        """Replace settings (e.g. the worker's ``--url``); unknown names are a
-        ``ConfigurationError``. The connections are closed, to reopen with them."""
+        """New settings (the worker's ``--url``; unknown: ``ConfigurationError``); reconnects."""
         settings = self.settings.with_changes(**changes)
         self.signer = checked_signer(settings)
         self.settings = settings
@@ -91,6 +90,7 @@ class StreamQ:
     def aio(self) -> AsyncLinks:
         """The asyncio links (one per event loop) of the ``a*`` methods."""
         if self._aio is None:
+            from ..server.aio import AsyncLinks  # here: redis.asyncio takes 0.1 s to import
             self._aio = AsyncLinks(self.settings, lambda: self.server.url)
         return self._aio
 

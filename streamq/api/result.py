@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..base.errors import (
     GetInsideTaskError,
@@ -21,10 +21,12 @@ from ..base.errors import (
 from ..base.settings import Settings
 from ..data import record, serialization
 from ..data.record import Status
-from ..server.aio import AsyncLinks
 from ..server.link import ServerLink
 from .context import current_task, process_queues
 from .diagnosis import timed_out
+
+if TYPE_CHECKING:
+    from ..server.aio import AsyncLinks
 
 
 class ResultApp(Protocol):

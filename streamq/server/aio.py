@@ -34,7 +34,7 @@ from ..base.ids import queue_of
 from ..base.sentinelurl import is_sentinel
 from ..base.settings import Settings, mask_url, scrub, validate_url
 from ..data import record
-from . import scripts, sentinel
+from . import scripts, sentinel_aio
 from .broker import as_str
 from .connection import check_tls_files, translate
 from .records import GONE, GONE_TTL_MS
@@ -53,7 +53,7 @@ def _client(url: str, settings: Settings, *, blocking: bool) -> redis.asyncio.Re
     try:
         options: dict[str, Any] = dict(socket_timeout=timeout, health_check_interval=30,
                                        socket_connect_timeout=settings.connect_timeout_s)
-        client = sentinel.async_client(url, **options) if is_sentinel(url) else \
+        client = sentinel_aio.async_client(url, **options) if is_sentinel(url) else \
             redis.asyncio.Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigurationError(

@@ -12,9 +12,6 @@ from __future__ import annotations
 from typing import Any, TypeVar, cast
 
 import redis
-import redis.asyncio
-import redis.asyncio.connection
-import redis.asyncio.sentinel
 import redis.connection
 import redis.sentinel
 
@@ -52,20 +49,6 @@ class PrimaryConnection(redis.sentinel.SentinelManagedConnection):
                                                          retry_socket_connect)
 
 
-class AsyncPrimaryConnection(redis.asyncio.sentinel.SentinelManagedConnection):
-    """``PrimaryConnection`` for ``redis.asyncio``."""
-
-    async def connect(self) -> None:
-        await self.connect_check_health()
-
-    async def connect_check_health(self, check_health: bool = True,
-                                   retry_socket_connect: bool = True) -> None:
-        if not self.is_connected:
-            self.host, self.port = await self.connection_pool.get_master_address()
-        await redis.asyncio.connection.Connection.connect_check_health(
-            self, check_health, retry_socket_connect)
-
-
 def _sentinel_options(target: sentinelurl.SentinelURL, options: dict[str, Any]
                       ) -> dict[str, Any]:
     timeout = options.get("socket_connect_timeout") or 2.0
@@ -96,31 +79,7 @@ def client(url: str, cls: type[C], **options: Any) -> C:
     return cast(C, primary)
 
 
-class AsyncPrimary(redis.asyncio.Redis):
-    """The asyncio client of a Sentinel URL: closing it closes its links to the
-    Sentinels too (redis-py leaves them open)."""
-
-    sentinels: list[redis.asyncio.Redis] = []
-
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        await super().aclose(close_connection_pool)
-        for link in self.sentinels:
-            await link.aclose()
-
-
 def close_sentinels(client: object) -> None:
     """Close the links to the Sentinels of a client made by ``client()``."""
     for link in getattr(client, "streamq_sentinels", ()):
         link.close()
-
-
-def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
-    """``client`` for ``redis.asyncio``."""
-    target = sentinelurl.parse(url, mask_url(url))
-    manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        target.sentinels, sentinel_kwargs=_sentinel_options(target, options))
-    primary = cast(AsyncPrimary, manager.master_for(
-        target.service, redis_class=AsyncPrimary, connection_class=AsyncPrimaryConnection,
-        **_primary_options(target, options)))
-    primary.sentinels = list(manager.sentinels)
-    return primary
