@@ -320,6 +320,17 @@ class Consumer:
         self.continuations.written(self.writer, pipe, outcomes)
         return got
 
+    def retire_if_due(self, finished: int, wait_idle: Callable[[], object]) -> bool:
+        """A thread loop's recycling check: once ``finished`` tasks (or memory) call for
+        it, read no more, let the running tasks end (``wait_idle``), then retire."""
+        if self.recycled is None:
+            self.recycled = self.recycling.due(finished)
+        if self.recycled is None:
+            return False
+        wait_idle()
+        self._retire()
+        return True
+
     def _retire(self) -> None:
         """A recycled process: hand back what it read and did not start (uncharged, as
         at shutdown), write every outcome it holds, then stop. A failed write raises

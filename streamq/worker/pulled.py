@@ -154,11 +154,7 @@ class PulledThreads:
         if held.buffer and not self.busy:  # e.g. recovered or reclaimed entries
             with self.work:
                 self.work.notify()
-        if c.recycled is None:
-            c.recycled = c.recycling.due(c.processed)
-        if c.recycled is not None:  # read no more; retire once the threads are done
-            self.wait_idle()
-            c._retire()
+        if c.retire_if_due(c.processed, self.wait_idle):
             return 0
         if self.limit == 1 and not self.busy:
             return c.run_here()  # tasks that compute: no thread would help them

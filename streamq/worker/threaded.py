@@ -81,11 +81,7 @@ class Threads:
         """Read when the buffer is empty, start what it holds on free threads, then
         wait for one to be free; returns how many entries were started or decided."""
         c, held = self.c, self.held
-        if c.recycled is None:
-            c.recycled = c.recycling.due(self.finished)
-        if c.recycled is not None:  # read no more; retire once the threads are done
-            self.wait_idle()
-            c._retire()
+        if c.retire_if_due(self.finished, self.wait_idle):
             return 0
         if not held.buffer:
             limit = c.recycling.max_tasks
