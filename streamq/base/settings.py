@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
-from . import sentinelurl
+from . import clusterurl, sentinelurl
 from .errors import ConfigurationError
 
-_SCHEMES = ("redis", "rediss", "unix", sentinelurl.SCHEME)
+_SCHEMES = ("redis", "rediss", "unix", sentinelurl.SCHEME, *clusterurl.SCHEMES)
 
 
 _PASSWORD = re.compile(r"^([a-z+]+://[^:/?#@]*):(.*)@(?=[^@]*$)", re.IGNORECASE)
@@ -72,10 +72,13 @@ def validate_url(url: str) -> str:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in _SCHEMES:
         raise ConfigurationError(
-            f"invalid server URL {mask_url(url)!r}: expected redis://, rediss://, unix:// "
-            f"or redis+sentinel://")
+            f"invalid server URL {mask_url(url)!r}: expected redis://, rediss://, unix://, "
+            f"redis+sentinel:// or redis+cluster://")
     if scheme == sentinelurl.SCHEME:
         sentinelurl.parse(url, mask_url(url))
+        return url
+    if scheme in clusterurl.SCHEMES:  # its query reads as the plain URL's
+        validate_url(clusterurl.split(url, mask_url(url))[0])
         return url
     # Split by hand, after any password: a password may hold '?' (see mask_url).
     found = _PASSWORD.match(url)

@@ -377,6 +377,8 @@ class Broker:
         return groups
 
     def _cluster_mode(self) -> bool:
+        if self.connection.is_cluster:
+            return True
         info = self.connection.client.info("cluster")
         return bool(int(info.get("cluster_enabled", 0)))
 

@@ -35,7 +35,7 @@ from ..base.errors import BrokerConnectionError, BrokerError
 from ..base.ids import parse_worker_id, worker_of
 from ..base.settings import Settings
 from .broker import as_str
-from .connection import Connection
+from .connection import Connection, translated
 from .registry import DEAD_WORKER_LISTED_MS
 
 ALIVE_HEARTBEATS = 2
@@ -55,12 +55,18 @@ def collect_status(connection: Connection, settings: Settings, *, now: float | N
     ns = settings.namespace
     client = connection.client
     pipe = client.pipeline(transaction=False)
-    pipe.info("server")
-    pipe.info("memory")
+    if connection.is_cluster:  # INFO is per node: one of each, memory summed
+        server_info, memory = _cluster_info(client)
+    else:
+        pipe.info("server")
+        pipe.info("memory")
     pipe.smembers(keys.queues(ns))
     pipe.zrangebyscore(keys.workers(ns), int(now * 1000) - DEAD_WORKER_LISTED_MS, "+inf",
                        withscores=True)
-    server_info, memory, queue_names, registered = pipe.execute()
+    if connection.is_cluster:
+        queue_names, registered = pipe.execute()
+    else:
+        server_info, memory, queue_names, registered = pipe.execute()
     queues = sorted(as_str(q) for q in queue_names)
     workers = [(as_str(w), int(score)) for w, score in registered]
 
@@ -103,6 +109,20 @@ def collect_status(connection: Connection, settings: Settings, *, now: float | N
 
 
 _QUEUE_REPLIES = 9
+
+
+def _cluster_info(client: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The server section of one primary, and the memory of all primaries: used
+    memory summed, the eviction policy of one that does not say ``noeviction``."""
+    with translated(client.streamq_url):
+        nodes = client.primaries()
+        infos = [(n.info("server"), n.info("memory")) for n in nodes]
+    server = dict(infos[0][0], nodes=len(nodes))
+    used = sum(int(m.get("used_memory", 0)) for _, m in infos)
+    policies = [m.get("maxmemory_policy") for _, m in infos]
+    policy = next((p for p in policies if p != "noeviction"), policies[0])
+    return server, {"used_memory": used, "used_memory_human": f"{used / 2**20:.2f}M",
+                    "maxmemory_policy": policy}
 
 
 def _queue_commands(pipe: Any, ns: str, queue: str, now: float) -> None:

@@ -14,15 +14,16 @@ commands are sent again. Errors are streamq errors (``connection.translated``).
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
 from hiredis import pack_command as _pack
 
 from ..base.errors import BrokerError
-from . import scripts
+from . import cluster, scripts
 from .connection import Connection, translate, translated
 from .sentinel import failed_over
 
@@ -77,10 +78,16 @@ class Transport:
         self._scripts_loaded = False
 
     def load_scripts(self) -> None:
-        pipe = self.connection.client.pipeline(transaction=False)
-        for name in scripts.NAMES:
-            pipe.script_load(scripts.SOURCE[name])
-        pipe.execute()
+        client = self.connection.client
+        if self.connection.is_cluster:  # every primary has its own script cache
+            with translated(self.connection.url):
+                for node in cast(Any, client).primaries():
+                    cluster.load_scripts(node)
+        else:
+            pipe = client.pipeline(transaction=False)
+            for name in scripts.NAMES:
+                pipe.script_load(scripts.SOURCE[name])
+            pipe.execute()
         self._scripts_loaded = True
 
     def ensure_scripts(self) -> None:
@@ -105,10 +112,17 @@ class Transport:
         error reply (also one inside an EXEC's replies) is raised after every
         command has run."""
         url = self.connection.url
-        with translated(url), self.connection.own(blocking) as conn:
-            replies: list[Any] = _with_retry(conn, lambda: _send_read(conn, packed.commands))
-        missing = [i for i, r in enumerate(replies)
-                   if isinstance(r, redis.exceptions.NoScriptError)]
+        router = self.connection.router(blocking)
+        replies: list[Any]
+        if router is not None:  # a cluster: it loads scripts a node lacks itself
+            with translated(url):
+                replies = router.run(packed.commands)[0]
+            missing = []
+        else:
+            with translated(url), self.connection.own(blocking) as conn:
+                replies = _with_retry(conn, lambda: _send_read(conn, packed.commands))
+            missing = [i for i, r in enumerate(replies)
+                       if isinstance(r, redis.exceptions.NoScriptError)]
         if missing:
             self.load_scripts()
             again = Packed([packed.commands[i] for i in missing])
@@ -133,6 +147,22 @@ class Transport:
         error of the write itself. A script the server had lost (NOSCRIPT: it did not
         run) is sent again with the wait behind it, so the wait covers it too."""
         url = self.connection.url
+        router = self.connection.router()
+        replies: list[Any]
+        if router is not None:  # the wait follows each node's share, on its connection
+            with translated(url):
+                replies, waited = router.run(commands, wait)
+            replies.append(waited)
+        else:
+            replies = self._durable_exchange(url, commands, wait)
+        for r in replies[:-1]:
+            if type(r) is list and r and r[0].__class__ is not list:  # an EXEC's replies
+                r = next((item for item in r if isinstance(item, Exception)), r)
+            if isinstance(r, Exception):
+                raise _error(r, url)
+        return replies[-1]
+
+    def _durable_exchange(self, url: str, commands: list[bytes], wait: bytes) -> list[Any]:
         with translated(url), self.connection.own() as conn:
             replies: list[Any] = _with_retry(conn, lambda: _send_read(conn, [*commands, wait]))
             missing = [i for i, r in enumerate(replies[:-1])
@@ -144,12 +174,7 @@ class Transport:
                 for i, r in zip(missing, more, strict=False):
                     replies[i] = r
                 replies[-1] = more[-1]
-        for r in replies[:-1]:
-            if type(r) is list and r and r[0].__class__ is not list:  # an EXEC's replies
-                r = next((item for item in r if isinstance(item, Exception)), r)
-            if isinstance(r, Exception):
-                raise _error(r, url)
-        return replies[-1]
+        return replies
 
     def send(self, batches: Iterable[list[bytes]], answered: list[bool] | None = None,
              wait: bytes | None = None) -> Any:
@@ -170,6 +195,9 @@ class Transport:
         ``wait`` (a durable write) follows the last batch on the same connection, and
         its reply is returned (None when an error stopped the stream first)."""
         url = self.connection.url
+        router = self.connection.router()
+        if router is not None:
+            return _send_routed(router, url, batches, answered, wait)
         stream = _CommandStream(batches, wait)
         try:
             # One connection for both: a wait vouches only for its own connection.
@@ -188,6 +216,50 @@ class Transport:
             raise _error(stream.error, url)
         # After a resend the last wait follows every write of the connection.
         return stream.again.waited if stream.again is not None else stream.waited
+
+
+def _send_routed(router: cluster.Router, url: str, batches: Iterable[list[bytes]],
+                 answered: list[bool] | None, wait: bytes | None) -> Any:
+    """``Transport.send`` on a cluster: batches go out a few at a time, each round
+    split over the nodes (with the wait behind every node's share, when asked)."""
+    source = iter(batches)
+    waited: list[Any] = []
+    error: Exception | None = None
+    while error is None:
+        chunk = list(itertools.islice(source, _ROUTED_BATCHES))
+        if not chunk:
+            break
+        sizes = [len(b) for b in chunk]
+        try:
+            with translated(url):
+                replies, wait_reply = router.run([c for b in chunk for c in b], wait)
+        except BaseException:
+            if answered is not None:
+                answered += [False] * len(chunk)
+            raise
+        waited.append(wait_reply)
+        start = 0
+        for size in sizes:
+            failed = _first_error(replies[start:start + size])
+            start += size
+            error = error or failed
+            if answered is not None:
+                answered.append(failed is None)
+    if error is not None:
+        raise _error(error, url)
+    return cluster.weakest(waited) if wait is not None else None
+
+
+_ROUTED_BATCHES = 8
+
+
+def _first_error(replies: list[Any]) -> Exception | None:
+    for r in replies:
+        if type(r) is list and r and r[0].__class__ is not list:  # an EXEC's replies
+            r = next((item for item in r if isinstance(item, Exception)), r)
+        if isinstance(r, Exception):
+            return r
+    return None
 
 
 def _error(reply: Exception, url: str) -> Exception:
