@@ -26,6 +26,10 @@ _CODES: dict[type[BaseException], str] = {
     redis.exceptions.ReadOnlyError: "READONLY",
     redis.exceptions.ClusterCrossSlotError: "CROSSSLOT",
     redis.exceptions.NoPermissionError: "NOPERM",
+    redis.exceptions.MovedError: "MOVED",
+    redis.exceptions.AskError: "ASK",
+    redis.exceptions.TryAgainError: "TRYAGAIN",
+    redis.exceptions.ClusterDownError: "CLUSTERDOWN",
 }
 
 _TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
