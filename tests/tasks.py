@@ -8,6 +8,7 @@ processes. The app's URL and namespace are set per test by the fixtures (and by
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 from typing import Any
@@ -285,3 +286,25 @@ def soft_unhandled(seconds: float) -> None:
 def quiet_count(key: str) -> int:
     """Counts; keeps no record (ignore_result)."""
     return _incr(key)
+
+
+ORDERS = app.queue("orders", partitions=8)
+"""A partitioned queue (tests/test_partitions.py)."""
+
+
+@app.task(queue="orders", max_retries=3, retry_backoff=0.05, retry_backoff_max=0.1)
+def ordered(key: str, i: int, fail_first: bool = False) -> int:
+    """Appends ``i`` to the key's list; counts overlapping runs of one key (there must
+    be none); fails its first attempt when asked (a retry must keep its place)."""
+    client = app.server.connection.client
+    ns = app.settings.namespace
+    if fail_first and client.incr(f"{ns}:tries:{key}:{i}") == 1:
+        raise ValueError("the first attempt fails")
+    if client.incr(f"{ns}:running:{key}") > 1:
+        client.incr(f"{ns}:overlaps")
+    try:
+        client.rpush(f"{ns}:order:{key}", i)
+        time.sleep(random.random() * 0.004)
+    finally:
+        client.decr(f"{ns}:running:{key}")
+    return i

@@ -23,6 +23,8 @@ from ..base.errors import (
     NotDurableError,
 )
 from ..base.ids import queue_of
+from ..base.partitions import check as check_partitions
+from ..base.partitions import names as partition_names
 from ..base.settings import Settings, check_queue_name, mask_url
 from ..data import record, serialization
 from ..data.message import Message, now_ms
@@ -60,6 +62,8 @@ class StreamQ:
         """Signs every message this app writes (``signing_key``); None: signing off."""
         self.registry: dict[str, Task[Any, Any]] = {}
         self.hooks = Hooks()
+        self.partitions: dict[str, tuple[str, ...]] = {}
+        """Partitioned queues (``queue``): name -> its partitions' queues."""
         self._server: ServerLink | None = None
         self._aio: AsyncLinks | None = None
         self._value_limit: int | None = None
@@ -73,6 +77,7 @@ class StreamQ:
         """The link to the server (nothing connects until it is used)."""
         if self._server is None:
             self._server = ServerLink(self.settings)
+            self._server.broker.partitions = self.partitions  # the same dict: later ones too
         return self._server
 
     @property
@@ -133,6 +138,18 @@ class StreamQ:
     @property
     def accept_content_types(self) -> set[str]:
         return serialization.accept_content_types(self.settings.accepted)
+
+    def queue(self, name: str, *, partitions: int) -> tuple[str, ...]:
+        """Declare ``name`` a partitioned queue of ``partitions`` streams (spread over a
+        cluster's slots); see ``streamq.base.partitions``. Returns their queue names.
+        Calls with a ``partition_key`` run one at a time per key, in enqueue order."""
+        count = check_partitions(check_queue_name(name), partitions)
+        known = self.partitions.get(name)
+        if known is not None and len(known) != count:
+            raise ConfigurationError(f"queue {name!r} is declared with {len(known)} "
+                                     f"partitions already, not {count}")
+        self.partitions[name] = partition_names(name, count)
+        return self.partitions[name]
 
     # -- tasks ------------------------------------------------------------------------
     @overload
@@ -255,12 +272,15 @@ class StreamQ:
         for start in range(0, len(prepared), _BATCH):
             enq = now_ms()
             commands: list[bytes] = []
+            chunk = prepared[start:start + _BATCH]
+            if self.partitions:  # calls spread over partitions: each one's in a run
+                chunk = sorted(chunk, key=lambda p: p[0].queue)
             # Consecutive calls of one task to one queue, due now, with generated
             # ids (map()'s case) share one record template and one script call.
-            runs = groupby(prepared[start:start + _BATCH],
-                           key=lambda p: (p[0].task, p[0].queue, p[1] is None and
-                                          queue_of(p[0].id) == p[0].queue and
-                                          not p[0].ignore_result))
+            runs = groupby(chunk, key=lambda p: (p[0].task, p[0].queue, p[1] is None and
+                                                 queue_of(p[0].id) == p[0].queue and
+                                                 not p[0].ignore_result and
+                                                 p[0].key is None))
             for (task, queue, shared), items in runs:
                 run = list(items)
                 if shared and len(run) > 1:
@@ -302,7 +322,8 @@ class StreamQ:
             None if message.ignore_result else
             record.enqueued(message.task, message.queue, enq, due), ttl + wait_s,
             self._seal(message) if encoded is None else encoded, due,
-            queue_of(message.id) == message.queue, countdown_ms=countdown_ms)
+            queue_of(message.id) == message.queue, countdown_ms=countdown_ms,
+            order_key=message.key)
 
     def _seal(self, message: Message) -> bytes | str:
         """A message as written: its envelope, signed when signing is on."""

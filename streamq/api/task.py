@@ -6,6 +6,7 @@ a namespace: ``delay`` takes only the task's arguments.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 from ..base.errors import ConfigurationError
 from ..base.ids import new_task_id
+from ..base.partitions import index_of_key
 from ..base.settings import Settings, check_queue_name
 from ..data import serialization
 from ..data.message import Message, now_ms
@@ -28,6 +30,8 @@ class TaskApp(Protocol):
 
     @property
     def settings(self) -> Settings: ...
+
+    partitions: dict[str, tuple[str, ...]]
 
     def enqueue(self, prepared: Sequence[tuple[Message, int | None]], *, many: bool = False,
                 durable: bool | None = None) -> list[AsyncResult]: ...
@@ -129,6 +133,29 @@ def build_message(serializer: str, name: str, queue: str, args: Iterable[Any],
     return Message(task_id or new_task_id(queue), name, queue, ct, ce, body, 0, now_ms(), due_ms)
 
 
+_turn = itertools.count()
+
+
+def route(partitions: dict[str, tuple[str, ...]], queue: str, key: str | None,
+          due: int | None, ignore_result: bool) -> str:
+    """The queue a call goes to: for a partitioned queue, the partition of ``key`` (a
+    stable hash), else the next partition in turn."""
+    names = partitions.get(queue)
+    if key is not None:
+        if names is None:
+            raise ConfigurationError(
+                f"partition_key given, but queue {queue!r} is not partitioned: declare it "
+                f"with app.queue({queue!r}, partitions=N)")
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"partition_key must be a non-empty string, got {key!r}")
+        if due is not None or ignore_result:
+            raise ConfigurationError(
+                "a call with a partition_key cannot have a countdown, an eta or "
+                "ignore_result (its order is kept through its record); send it now")
+        return names[index_of_key(key, len(names))]
+    return queue if names is None else names[next(_turn) % len(names)]
+
+
 def _positional_arity(signature: inspect.Signature) -> tuple[int, float] | None:
     """(required, most) positional arguments when a call with positional arguments
     only can be checked by counting them; None when a keyword-only parameter has no
@@ -196,15 +223,18 @@ class Task(Generic[P, R]):
         task_id: str | None = None,
         durable: bool | None = None,
         ignore_result: bool | None = None,
+        partition_key: str | None = None,
     ) -> AsyncResult:
         """Enqueue with options: ``countdown`` seconds or a timezone-aware ``eta``,
-        another ``queue``, or a chosen ``task_id``. ``durable=True`` returns only once
+        another ``queue``, or a chosen ``task_id``. ``partition_key`` (a partitioned
+        queue's calls, ``StreamQ.queue``): calls with one key run one at a time, in
+        enqueue order. ``durable=True`` returns only once
         the server has the write on disk (None: the app's ``durable`` setting); see
         ``StreamQ.enqueue`` and ``NotDurableError``. ``ignore_result=True`` keeps no
         record of the call (None: the task's option)."""
         message, due = self.prepare(tuple(args), dict(kwargs or {}), countdown=countdown,
                                     eta=eta, queue=queue, task_id=task_id,
-                                    ignore_result=ignore_result)
+                                    ignore_result=ignore_result, partition_key=partition_key)
         return self.app.enqueue([(message, due)], durable=durable)[0]
 
     def map(self, iterable: Iterable[Any]) -> list[AsyncResult]:
@@ -275,6 +305,7 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         task_id: str | None = None,
         ignore_result: bool | None = None,
+        partition_key: str | None = None,
     ) -> tuple[Message, int | None]:
         """Check and serialize a call; nothing reaches Redis here."""
         arity = self._arity
@@ -290,9 +321,15 @@ class Task(Generic[P, R]):
             raise ValueError(f"task_id must be a non-empty string without spaces or braces, "
                              f"got {task_id!r}")
         due = None if countdown is None and eta is None else due_ms_from(countdown, eta)
-        message = build_message(self.app.settings.serializer, self.name,
-                                check_queue_name(queue) if queue else self.options.queue,
-                                args, kwargs, due, task_id)
+        target = check_queue_name(queue) if queue else self.options.queue
+        if self.app.partitions or partition_key is not None:
+            target = route(self.app.partitions, target, partition_key, due,
+                           self.options.ignore_result if ignore_result is None
+                           else ignore_result)
+        message = build_message(self.app.settings.serializer, self.name, target, args,
+                                kwargs, due, task_id)
         if self.options.ignore_result if ignore_result is None else ignore_result:
             message = message._replace(ignore_result=True)
+        if partition_key is not None:
+            message = message._replace(key=partition_key)
         return message, due

@@ -34,6 +34,11 @@ key                                 type          what / owner / lifetime
                                                   each contribution.
 ``ns:{q}:chord:<body id>:results``  hash          member index -> its contribution (a result or
                                                   a failure); TTL as the state's.
+``ns:{q}:order``                    hash          a partition's per-key order: ``s:<key>`` the last
+                                                  number drawn, ``n:<key>`` the next that may run
+                                                  (``gate.lua``). TTL ``result_ttl``.
+``ns:{q}:park:<key>``               sorted set    a key's calls parked until their turn: number
+                                                  -> message. TTL as the parked call's record.
 ``ns:id:{<task id>}``               string        the queue of a task whose id the caller chose
                                                   (generated ids carry their queue); TTL as
                                                   the record's.
@@ -41,6 +46,7 @@ key                                 type          what / owner / lifetime
                                                   periodic``): definition in force, next tick,
                                                   last call; TTL 1 day, refreshed by workers.
 ``ns:queues``                       set           every queue name ever enqueued to.
+``ns:partitions``                   hash          partitioned queue -> its number of partitions.
 ``ns:periodic``                     hash          schedule name -> its queue (the index).
 ``ns:workers``                      sorted set    worker id -> last heartbeat (ms).
 ``ns:worker:<worker id>``           hash          worker description and counters; 1 hour.
@@ -130,3 +136,16 @@ def periodic(ns: str, queue: str, name: str) -> str:
 
 def periodic_index(ns: str) -> str:
     return f"{ns}:periodic"
+
+
+def partitions(ns: str) -> str:
+    return f"{ns}:partitions"
+
+
+def order(ns: str, queue: str) -> str:
+    return f"{_q(ns, queue)}:order"
+
+
+def parked(ns: str, queue: str, key: str) -> str:
+    """Also built by outcomes.lua from ``order``'s name: keep the two in step."""
+    return f"{_q(ns, queue)}:park:{key}"

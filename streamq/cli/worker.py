@@ -99,6 +99,9 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
         sorted({t.options.queue for t in app.registry.values()} | {app.settings.default_queue})
     n = concurrency or os.cpu_count() or 1
     policy = app.server.info("memory").get("maxmemory_policy")  # also the connection check
+    for q in qs:  # a partitioned queue: read all its partitions (StreamQ.queue)
+        app.server.broker.check_partitions(q)
+    read = [p for q in qs for p in app.partitions.get(q, (q,))]
     if policy and policy != "noeviction":
         log.warning("The server's maxmemory-policy is %s: under memory pressure it may evict "
                     "queue keys and lose tasks. Set maxmemory-policy noeviction.", policy)
@@ -107,7 +110,7 @@ def worker(modules: tuple[str, ...], url: str | None, namespace: str | None, que
              ", ".join(sorted(app.registry)))
     # Before any fork: worker processes write their metric files there.
     metrics_dir = metrics.prepare_multiprocess_dir() if metrics_port is not None else None
-    sup = Supervisor(app, qs, n, prefetch=prefetch, grace_s=grace, reload_dirs=reload_dirs)
+    sup = Supervisor(app, read, n, prefetch=prefetch, grace_s=grace, reload_dirs=reload_dirs)
     served = None
     if metrics_port is not None:
         served = metrics.serve(app, metrics_port, lambda: sup.restarts)

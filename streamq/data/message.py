@@ -56,6 +56,9 @@ class Message(NamedTuple):
     succeeds or fails for good, as a JSON object whose later messages are envelopes
     themselves (objects, never strings: nested strings would double their escapes at
     every level). Written only when present."""
+    key: str | None = None
+    """The ``partition_key`` of a call to a partitioned queue: calls with one key run
+    one at a time, in enqueue order (``streamq.server.ordering``); written as ``pk``."""
 
     def encode(self) -> str:
         """The JSON envelope, written directly (this runs once per enqueued call)."""
@@ -77,6 +80,8 @@ class Message(NamedTuple):
             extra += ',"nr":true'
         if self.then is not None:
             extra += ',"then":' + _dump_json(self.then)
+        if self.key is not None:
+            extra += ',"pk":' + _quote(self.key)
         return (f'{{"v":{int(self.version)},"id":{_quote(self.id)},"task":{_quote(self.task)},'
                 f'"queue":{_quote(self.queue)},"ct":{_quote(self.content_type)},'
                 f'"ce":{_quote(self.content_encoding)},"body":{_quote(text)},'
@@ -127,11 +132,14 @@ class Message(NamedTuple):
         then = get("then")
         if then is not None and not isinstance(then, dict):
             raise TypeError("then not an object")
+        key = get("pk")
+        if key is not None and not isinstance(key, str):
+            raise TypeError("pk not a string")
         # Positional: this runs once per task, and keywords cost a third more.
         return cls(str(doc["id"]), str(doc["task"]), str(doc["queue"]), str(doc["ct"]),
                    str(doc["ce"]), body, retries, int(get("enq_ms", 0)),
                    eta_ms, error, int(get("v", SCHEMA_VERSION)), handbacks or 0,
-                   get("nr") is True, then)
+                   get("nr") is True, then, key)
 
     def doc(self) -> dict[str, Any]:
         """The envelope as a JSON object, to nest in a continuation (``then``)."""

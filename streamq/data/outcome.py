@@ -25,6 +25,9 @@ class Delivery:
     deliveries: int = 1
     read_at: float = 0.0
     """When this consumer read it (``time.monotonic()``); 0 for a claimed entry."""
+    order: tuple[str, int] | None = None
+    """(partition key, number) of a call the order gate let run (``gate.lua``): its
+    outcome lets the key's next call run."""
 
 
 class Forward(NamedTuple):

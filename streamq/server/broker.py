@@ -26,9 +26,11 @@ from redis.crc import key_slot
 
 from ..base import keys
 from ..base.errors import BrokerError, ConfigurationError
+from ..base.partitions import logical
 from ..base.settings import Settings
 from ..data.outcome import Delivery
 from .connection import Connection, translate
+from .partitioning import check_count
 from .transport import EXEC, MULTI, Packed, Transport, pack, script_command
 
 log = logging.getLogger(__name__)
@@ -55,12 +57,16 @@ class Broker:
         self._turn = 0
         self._waits: dict[tuple[int, float], bytes] = {}
         self._fsync: str | None = None
+        self.partitions: dict[str, tuple[str, ...]] = {}
+        """The app's partitioned queues (``StreamQ.queue``), checked at first use."""
+        self._checked: set[str] = set()
 
     # -- producing -------------------------------------------------------------------
     def enqueue_commands(self, out: list[bytes], task_id: str, queue: str,
                          record: list[Any] | None, ttl_s: int, encoded: bytes | str,
                          due_ms: int | None,
-                         routed: bool, *, countdown_ms: int | None = None) -> None:
+                         routed: bool, *, countdown_ms: int | None = None,
+                         order_key: str | None = None) -> None:
         """Append the packed commands of one enqueue to ``out``: the record first, so
         a message never exists without its record and its id never reads UNKNOWN.
         ``routed``: the id carries its queue; otherwise its queue is written where
@@ -80,7 +86,11 @@ class Broker:
             return
         if not routed:
             out.append(pack("SET", keys.task_queue(ns, task_id), queue, "EX", ttl_s))
-        if countdown_ms is not None and countdown_ms > 0:
+        if order_key is not None:  # its number among the key's calls, with the record
+            out.append(script_command(
+                "enqueue_keyed", [record_key, keys.stream(ns, queue), keys.order(ns, queue)],
+                [ttl_s, encoded, order_key, *record]))
+        elif countdown_ms is not None and countdown_ms > 0:
             # One script (atomic like the transaction below): only the server's clock
             # turns the countdown into a due time.
             out.append(script_command(
@@ -132,6 +142,15 @@ class Broker:
         if queue not in self._known_queues:  # SADD once per queue and process
             self._known_queues.add(queue)
             out.append(pack("SADD", keys.queues(self.ns), queue))
+            self.check_partitions(logical(queue))
+
+    def check_partitions(self, queue: str) -> None:
+        """Once per process: that the server's number of partitions of ``queue`` (if
+        it is partitioned) is the declared one (``partitioning.check_count``)."""
+        declared = self.partitions.get(queue)
+        if declared is not None and queue not in self._checked:
+            check_count(self.connection, self.ns, queue, len(declared))
+            self._checked.add(queue)
 
     def send_one(self, commands: list[bytes]) -> None:
         self.transport.run(Packed(commands))

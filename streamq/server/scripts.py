@@ -16,7 +16,8 @@ from importlib import resources
 from ..data import record
 
 NAMES = ("outcomes", "enqueue_many", "wait", "requeue_dead", "heartbeat", "promote",
-         "schedule", "alive", "renew", "forward", "chord", "outbox", "periodic")
+         "schedule", "alive", "renew", "forward", "chord", "outbox", "periodic",
+         "enqueue_keyed", "gate")
 
 _FLAGS = {"outcomes": "allow-oom", "heartbeat": "allow-oom", "alive": "allow-oom",
           "renew": "allow-oom", "outbox": "allow-oom"}

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..base import keys
+from ..base.partitions import logical
 from ..base.settings import Settings
 from ..data import record
 from ..data.outcome import (
@@ -43,6 +44,10 @@ FRESH_S = 0.05
 """An entry read this recently cannot have been reclaimed by anyone: every claim waits
 for at least this much idle time (``Settings`` refuses a shorter ``claim_after_s`` or
 ``heartbeat_s``), so its acknowledgement skips the ownership check."""
+
+
+def is_partition(queue: str) -> bool:
+    return logical(queue) != queue
 
 
 class OutcomeWriter:
@@ -133,6 +138,8 @@ class OutcomeWriter:
                 args += ("S", d.entry_id, o.result, o.content_type,
                          "" if o.content_encoding == "utf-8" else o.content_encoding,
                          d.deliveries, o.started_ms, int(o.runtime_s * 1000))
+                if d.order is not None:
+                    self._pack_release(queue, d.order, keys_, args)
                 if o.forward:
                     self._pack_outbox(queue, o.forward, keys_, args, forwards)
             elif isinstance(o, Retried):
@@ -147,6 +154,9 @@ class OutcomeWriter:
                     keys_ += (keys.record(ns, queue, task_id), keys.done(ns, queue, task_id))
                 args += ("F", d.entry_id, d.raw or b"", o.reason, o.task, task_id, now,
                          d.deliveries, o.retries, len(rec) // 2, *rec)
+                if task_id and (d.order is not None or is_partition(queue)):
+                    # One that never reached the gate: its record knows its number.
+                    self._pack_release(queue, d.order or ("", 0), keys_, args)
                 if o.forward:
                     self._pack_outbox(queue, o.forward, keys_, args, forwards)
             elif isinstance(o, Released):
@@ -157,6 +167,12 @@ class OutcomeWriter:
             elif isinstance(o, Gone):
                 args += ("A", d.entry_id)
         pipe.script("outcomes", keys_, args)
+
+    def _pack_release(self, queue: str, order: tuple[str, int], keys_: list[str],
+                      args: list[Any]) -> None:
+        """The 'K' part of a keyed call's final outcome: the key's next call may run."""
+        keys_.append(keys.order(self.ns, queue))
+        args += ("K", order[0], order[1])
 
     def _pack_outbox(self, queue: str, items: tuple[Forward, ...], keys_: list[str],
                      args: list[Any], forwards: list[tuple[str, Forward, str]]) -> None:

@@ -29,6 +29,7 @@ from .continuations import Continuations
 from .executor import Call, Executor
 from .held import Held, Running
 from .housekeeping import Housekeeping
+from .ordering import Ordering
 from .periodic import PeriodicDuty
 from .pulled import PulledThreads
 from .recycling import Recycling
@@ -77,6 +78,8 @@ class Consumer:
                                  secrets=settings.secrets)
         self.continuations = self.executor.continuations = Continuations(
             settings, link.canvas, app.accept_content_types, app.signer, name)
+        self.executor.ordering = Ordering(link.transport, settings.namespace, name,
+                                          self._flush_ordered)
         self.worker_info = worker_info
         self.worker_key = keys.worker(settings.namespace, self.worker_id) \
             if worker_info is not None else None
@@ -339,6 +342,12 @@ class Consumer:
         self.flush(back)
         self.handed_back += len(back)
         self.stopping = True
+
+    def _flush_ordered(self) -> None:
+        """Before a keyed call's gate: write held outcomes if one of them is a keyed
+        call's (maybe the one before it, which would otherwise park it needlessly)."""
+        if any(o.delivery.order is not None for o in self.held.outcomes):
+            self.flush()
 
     def flush(self, extra: list[Outcome] | None = None) -> None:
         """Write held outcomes (and ``extra``) now, in one round trip."""

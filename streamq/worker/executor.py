@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..api.limits import DEFAULT_VALUE_LIMIT, MIN_SERVER_LIMIT
@@ -72,6 +72,8 @@ class Executor(Outcomes):
         self.registry = registry
         self.continuations = continuations
         """Canvas steps' forwards (None: a canvas message runs as a plain one)."""
+        self.ordering: Callable[[Call], Call | Outcome] | None = None
+        """The gate of calls with a partition key (``ordering.py``; None: ungated)."""
         self.accept = accept
         self.serializer = serializer
         self.consumer = consumer
@@ -130,6 +132,8 @@ class Executor(Outcomes):
             tid, name = peek_ids(raw)
             return self._dead(d, tid, name or "?", 0, f"undecodable message: {one_line(exc)}")
         checked = self._checked(d, msg, timed_out)
+        if msg.key is not None and self.ordering is not None and isinstance(checked, Call):
+            checked = self.ordering(checked)  # parked (Gone) until its key's turn
         if msg.then is not None and self.continuations is not None:
             return self.continuations.prepared(checked) if isinstance(checked, Call) else \
                 self.continuations.finished(msg, checked)

@@ -15,6 +15,10 @@
 --   'H' entry, message                                (hand back, as a new entry)
 --   'O' n, n item/forward pairs: the canvas forwards of the 'S' or 'F' before it, into
 --       the outbox (the next two keys: outbox, outbox due), in the same step
+--   'K' partition key, number (0: read both from the record of the 'S' or 'F' just
+--       before): that step finished the key's call of that number, so the key's next
+--       may run (the next key: the partition's order hash; see gate.lua), and if it
+--       is parked it goes back into the stream
 -- Invariants: a record is complete before its completion is pushed and before its
 -- entry is acknowledged, so a waiter that wakes finds it final and a refused write
 -- acknowledges nothing; an acknowledgement, retry, dead letter or hand-back happens
@@ -111,6 +115,26 @@ while pos <= #ARGV do
       redis.call('EXPIRE', KEYS[k + 1], ttl)
     end
     k, pos, n = k + 2, pos + 2 + 2 * count, n - 1  -- not an outcome of its own
+  elseif kind == 'K' then
+    local key, seq = ARGV[pos + 1], tonumber(ARGV[pos + 2])
+    if seq == 0 then  -- not known to the worker: from the record of the step before
+      local got = redis.call('HMGET', KEYS[k - 2], 'pk', 'seq')
+      key, seq = got[1], tonumber(got[2] or '0')
+    end
+    if written and key and seq and seq > 0 then
+      local nxt = tonumber(redis.call('HGET', KEYS[k], 'n:' .. key) or '1')
+      if seq >= nxt then  -- once: a repeat of a finished call moves nothing
+        redis.call('HSET', KEYS[k], 'n:' .. key, seq + 1)
+        -- The key's parked calls: beside the order hash, on its slot (gate.lua).
+        local park = string.sub(KEYS[k], 1, -6) .. 'park:' .. key
+        local parked = redis.call('ZRANGEBYSCORE', park, seq + 1, seq + 1)
+        if #parked > 0 then
+          redis.call('ZREM', park, parked[1])
+          redis.call('XADD', stream, '*', 'm', parked[1])
+        end
+      end
+    end
+    k, pos, n = k + 1, pos + 3, n - 1  -- not an outcome of its own
   elseif kind == 'A' then
     acks[#acks + 1] = ARGV[pos + 1]
     pos = pos + 2

@@ -1,0 +1,46 @@
+"""Per-key order on partitioned queues: the gate a keyed call passes before it runs.
+
+Each call with a ``partition_key`` drew a number for its key when it was enqueued
+(``enqueue_keyed.lua``). It may run only when that number is its key's next
+(``gate.lua``); otherwise the gate parks it, out of the stream, and the final outcome
+of the call before it (the 'K' step of ``outcomes.lua``, in the same script that
+writes that outcome) puts it back. A retry or a hand-back is not final, so the key
+waits for it; a crash leaves the call pending, and whoever reclaims it passes the
+gate again with the same number. The cost: one round trip per keyed call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..base import keys
+from ..data.outcome import Gone, Outcome
+from ..server.transport import Transport
+from .executor import Call
+
+
+class Ordering:
+    """``executor.prepare``'s gate for keyed calls (see the module docstring)."""
+
+    def __init__(self, transport: Transport, namespace: str, consumer: str,
+                 flush: Callable[[], None]) -> None:
+        self.transport = transport
+        self.ns = namespace
+        self.consumer = consumer
+        self._flush = flush
+        """Writes held outcomes: one of them may be the key's call just before."""
+
+    def __call__(self, call: Call) -> Call | Outcome:
+        d, key = call.delivery, call.message.key
+        assert key is not None
+        self._flush()
+        ns, queue = self.ns, d.queue
+        answer = int(self.transport.call(
+            "gate", [keys.stream(ns, queue), keys.order(ns, queue),
+                     keys.parked(ns, queue, key), keys.record(ns, queue, call.message.id)],
+            [keys.GROUP, self.consumer, d.entry_id, key, d.raw or b""]))
+        if answer < 0:  # parked until its turn (the gate took it out of the stream)
+            return Gone(d)
+        if answer > 0:
+            d.order = (key, answer)
+        return call
