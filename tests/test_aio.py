@@ -264,6 +264,42 @@ def test_a_dropped_connection_is_replaced_for_the_next_calls(vapp: StreamQ) -> N
         assert len(handles) == 10
         assert link.writes == 3  # the write on the dropped connection, then on a new one
         assert await handles[0].astatus() == "PENDING"
+        # Enough calls that most go out ahead of the flush, on a dropped connection.
+        assert rc.client_kill_filter(_type="normal", skipme=True) >= 1
+        more = await asyncio.gather(*(tasks.add.adelay(i, 2) for i in range(500)))
+        assert len({h.id for h in more}) == 500
+        assert link.writes <= 5  # one or two round trips (a failed send counts none)
 
     run(vapp, main)
-    assert rc.xlen(keys.stream(ns, "default")) == 11
+    assert rc.xlen(keys.stream(ns, "default")) == 511
+
+
+def test_adelay_packs_each_call_as_delay_does(vapp: StreamQ) -> None:
+    """The per-shape templates of ``adelay`` (``streamq.api.aio._Template``) write the
+    bytes ``_call_commands`` writes, signed or not, and the records and messages read
+    back as ``delay()``'s do."""
+    from streamq.api.aio import _Template
+
+    signed = StreamQ(vapp.settings.url, namespace=vapp.settings.namespace, signing_key=KEY)
+    for app in (vapp, signed):
+        add = app.task(name="tests.tasks.add")(tasks.add.fn)
+        first, _ = add.prepare((1, 2), {})
+        app._call_commands(first, None, first.encode())  # the queue is known after it
+        template = _Template.build(app, first)
+        assert template is not None
+        for args in [(3, 4), ("é %s %d %%", "\u2603" * 50), ({"k": [1, None]}, 0)]:
+            message, _ = add.prepare(args, {})
+            assert template.pack(app, message) == \
+                app._call_commands(message, None, message.encode())
+        chosen, _ = add.prepare((1, 1), {}, task_id="a-chosen-id")
+        assert template.pack(app, chosen) is None  # not routed: _call_commands packs it
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(*(tasks.add.adelay(i, 1) for i in range(300))))
+
+    handles = run(vapp, main)
+    rc, ns = _client(vapp), vapp.settings.namespace
+    assert rc.xlen(keys.stream(ns, "default")) == 300
+    assert all(rc.hget(keys.record(ns, "default", h.id), "status") == b"PENDING"
+               for h in handles)
+    signed.close()

@@ -16,12 +16,15 @@ other callers' calls.
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..base.errors import BrokerError, ConfigurationError
-from ..data.message import Message
+from ..base.ids import new_task_id, queue_of
+from ..data.message import Message, now_ms
 from . import eager
 from .limits import DEFAULT_VALUE_LIMIT
 from .result import AsyncResult
@@ -33,29 +36,44 @@ if TYPE_CHECKING:
 async def aenqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]], *,
                    many: bool = False, durable: bool | None = None) -> list[AsyncResult]:
     """``StreamQ.enqueue`` on the running event loop (see the module docstring)."""
-    if app.settings.durable if durable is None else durable:
+    settings = app.settings
+    if settings.durable if durable is None else durable:
         raise ConfigurationError(
             "durable enqueue is not available from asyncio (adelay, aapply_async, amap); "
             "nothing was sent. Pass durable=False to aapply_async, or enqueue durably "
             "with delay()/apply_async() (e.g. in asyncio.to_thread)")
-    if app.settings.eager:  # run here and now, without a server (streamq.api.eager)
+    if settings.eager:  # run here and now, without a server (streamq.api.eager)
         return await eager.aenqueue(app, prepared)
     link = app.aio.current()
-    sure = app._sure_body
     if len(prepared) == 1 and not many:
         message, due = prepared[0]
-        encoded = message.encode()
-        if len(encoded) > sure:
-            await _know_value_limit(app)
-        await link.send(app._call_commands(message, due, encoded))
+        # A template per shape of call: every field but the id, body and enqueue time.
+        shape: tuple[Any, ...] | None = message[1:3] + message[6:7] + message[8:]
+        try:
+            known = link.templates.get(shape)  # (the settings it was made for, it)
+        except TypeError:  # an unhashable field (a canvas step's continuation)
+            known = shape = None
+        commands = None
+        if due is None and known is not None and known[0] is settings and known[1]:
+            commands = known[1].pack(app, message)
+        if commands is None:
+            encoded = message.encode()
+            if len(encoded) > app._sure_body:
+                await _know_value_limit(app)
+            commands = app._call_commands(message, due, encoded)
+            if shape is not None and (known is None or known[0] is not settings) and \
+                    len(link.templates) < _TEMPLATES:
+                link.templates[shape] = (settings, _Template.build(app, message))
+        await link.submit(commands)
         app._emit_enqueued(prepared)
         return [AsyncResult(message.id, app, queue=message.queue, sent_at=time.monotonic(),
                             ignored=message.ignore_result)]
+    sure = app._sure_body
     if any(len(m.body) > sure for m, _ in prepared):
         await _know_value_limit(app)
         app._check_sizes(prepared)
     # Each batch is one call of the batcher: together they ride in few writes.
-    sent = await asyncio.gather(*(link.send(b) for b in app._batches(prepared)),
+    sent = await asyncio.gather(*(link.submit(b) for b in app._batches(prepared)),
                                 return_exceptions=True)
     failed = next((r for r in sent if isinstance(r, BaseException)), None)
     if failed is not None:
@@ -67,6 +85,81 @@ async def aenqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]],
     sent_at = time.monotonic()
     return [AsyncResult(m.id, app, queue=m.queue, sent_at=sent_at, ignored=m.ignore_result)
             for m, _ in prepared]
+
+
+class _Template:
+    """The packed commands of one call of a task to a queue, due now, with a generated
+    id, as ``StreamQ._call_commands`` packs them, with three holes: the id, the
+    enqueue time and the (signed) message. Filling them costs a fraction of packing.
+
+    It is cut from ``_call_commands``' own output for placeholder values (after a call
+    to the queue, so without its one-off SADD) and kept only if it then packs another
+    call exactly as ``_call_commands`` does; a call it does not fit (a chosen id, a
+    long or unencodable message) is packed by ``_call_commands``."""
+
+    __slots__ = ("sure", "id_len", "formats")
+
+    def __init__(self, sure: int, id_len: int,
+                 formats: list[tuple[bytes, tuple[int, ...]]]) -> None:
+        self.sure = sure
+        self.id_len = id_len
+        self.formats = formats
+        """Per command: a ``%b`` format and which of (id, enqueue time, message) fill it."""
+
+    def pack(self, app: StreamQ, message: Message) -> list[bytes] | None:
+        """The call's commands; None when this template does not fit it."""
+        task_id, enq = message.id, message.enqueued_ms
+        if len(task_id) != self.id_len or not _ENQ_LOW <= enq < _ENQ_HIGH or \
+                queue_of(task_id) != message.queue:
+            return None
+        encoded = message.encode()
+        if len(encoded) > self.sure:
+            return None
+        try:
+            holes = (task_id.encode(), b"%d" % enq, _bulk(app, encoded))
+        except UnicodeEncodeError:  # _call_commands raises it, as it always did
+            return None
+        return [fmt % tuple([holes[i] for i in fill]) for fmt, fill in self.formats]
+
+    @classmethod
+    def build(cls, app: StreamQ, message: Message) -> _Template | None:
+        """The template of ``message``'s task, queue and ``ignore_result``; None when
+        one cannot be made."""
+        queue = message.queue
+        holes = (new_task_id(queue), _ENQ_LOW + secrets.randbelow(_ENQ_HIGH - _ENQ_LOW),
+                 f"streamq-template-{secrets.token_hex(16)}")
+        marks = [holes[0].encode(), b"%d" % holes[1], _bulk(app, holes[2])]
+        split = re.compile(b"(" + b"|".join(re.escape(m) for m in marks) + b")")
+        formats: list[tuple[bytes, tuple[int, ...]]] = []
+        for command in cls._packed(app, message, *holes):
+            parts = split.split(command)
+            formats.append((b"%b".join(p.replace(b"%", b"%%") for p in parts[::2]),
+                            tuple(marks.index(m) for m in parts[1::2])))
+        template = cls(app._sure_body, len(holes[0]), formats)
+        sample = message._replace(id=new_task_id(queue), enqueued_ms=now_ms(),
+                                  body=f"{message.body!r} %d %b %% \u00e9")
+        expected = cls._packed(app, sample, sample.id, sample.enqueued_ms, sample.encode())
+        return template if template.pack(app, sample) == expected else None
+
+    @staticmethod
+    def _packed(app: StreamQ, message: Message, task_id: str, enq: int, encoded: str
+                ) -> list[bytes]:
+        """``_call_commands`` of ``message`` with this id, enqueue time and envelope."""
+        commands: list[bytes] = []
+        app._enqueue_one(commands, message._replace(id=task_id, enqueued_ms=enq), None, enq,
+                         app.settings.result_ttl,
+                         encoded if app.signer is None else app.signer.sign(encoded))
+        return commands
+
+
+def _bulk(app: StreamQ, encoded: str) -> bytes:
+    """An envelope as the argument it is packed as (signed when signing is on)."""
+    value = encoded.encode() if app.signer is None else app.signer.sign(encoded)
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+_TEMPLATES = 256  # shapes of call per event loop at most (a partition key is one each)
+_ENQ_LOW, _ENQ_HIGH = 10 ** 12, 10 ** 13  # enqueue times of 13 digits (2001 to 2286)
 
 
 async def _know_value_limit(app: StreamQ) -> None:

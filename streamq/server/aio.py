@@ -1,13 +1,14 @@
 """The asyncio side of the server link, on ``redis.asyncio``: auto-pipelined writes
 for ``adelay()`` and pooled connections for marks, blocking reads and record reads.
 
-``AsyncLink.send`` is how the asyncio producer writes. Calls made in the same turn of
-the event loop, and while an earlier write is in flight, are joined into one write
-on one connection; their replies are read back in order, each call taking one reply
-per packed command it sent. An error reply fails only its own call, and the others
-are still read. Each new writer connection loads the scripts (SCRIPT LOAD, at the
-head of its first write) before any EVALSHA on it; a NOSCRIPT reply (a server that
-lost them since) loads them again and resends only the commands that got it.
+``AsyncLink.submit`` is how the asyncio producer writes. Calls made in the same turn
+of the event loop, and while an earlier write is in flight, share one round trip on
+one connection (the first of a turn's calls go out in chunks as they come, ``AHEAD``);
+their replies are read back in order, each call taking one reply per packed command
+it sent. An error reply fails only its own call. Each new writer connection loads the
+scripts (SCRIPT LOAD, at the head of its first write) before any EVALSHA on it; a
+NOSCRIPT reply (a server that lost them since) loads them again and resends only the
+commands that got it.
 
 Blocking reads (BLMOVE of ``aget()``) never share the writer's connection: each
 exchange takes a connection of its own from a pool, so a wait never delays a write.
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from bisect import bisect_right
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any, cast
 
 import hiredis
@@ -43,6 +46,11 @@ from .transport import pack
 
 MAX_CALLS = 1000
 """Calls per write at most: bounds one write's size and the wait of the calls behind."""
+AHEAD = 100
+"""Calls written ahead of their turn's flush once this many wait: the server runs them
+while the loop makes the turn's other calls (all are read in one round trip)."""
+
+_Call = tuple[list[bytes], "asyncio.Future[list[Any]]"]
 
 _LOADS = [pack("SCRIPT", "LOAD", scripts.SOURCE[name]) for name in scripts.NAMES]
 
@@ -73,11 +81,9 @@ async def _read(conn: Any) -> Any:
 
 
 class _Replies:
-    """The writer's reply reader: one hiredis reader fed straight from the
-    connection's stream, so a batch's thousands of replies cost one ``gets()`` each
-    instead of an awaited ``read_response()`` each (a third of the time of a
-    gathered ``adelay()``). Error replies come back as ``redis.ResponseError``
-    values, their code first in the text (what ``translate`` reads)."""
+    """The writer's reply reader: one hiredis reader fed from the connection's stream
+    (a ``gets()`` a reply, not an awaited ``read_response()``). Error replies come back
+    as ``redis.ResponseError`` values, their code first (what ``translate`` reads)."""
 
     __slots__ = ("stream", "reader")
 
@@ -102,6 +108,11 @@ class _Replies:
 
 def _noscript(reply: Any) -> bool:
     return isinstance(reply, redis.ResponseError) and str(reply).startswith("NOSCRIPT")
+
+
+def _odd(replies: list[Any]) -> list[int]:
+    """The indexes of error replies and of EXEC replies (which may hold errors)."""
+    return [i for i, r in enumerate(replies) if isinstance(r, Exception) or type(r) is list]
 
 
 def _failure(replies: list[Any]) -> Exception | None:
@@ -130,10 +141,14 @@ class AsyncLink:
         self._loaded_on: Any = None  # the writer connection that has the scripts
         self._replies: _Replies | None = None
         self._scripts_loaded = False  # on the server, for the pooled exchanges
-        self._pending: list[tuple[list[bytes], asyncio.Future[list[Any]]]] = []
+        self._pending: list[_Call] = []
+        self._ahead: list[_Call] = []  # written ahead of the flush, replies not yet read
+        self._busy = False  # a write awaits its replies: calls now wait for the next one
+        self.templates: dict[Any, Any] = {}
+        """The producer's per-task packing templates (``streamq.api.aio``)."""
         self._flusher: asyncio.Task[None] | None = None
         self.writes = 0
-        """Writes the batcher made: the round trips of every ``send`` so far."""
+        """Round trips the batcher made for every ``submit`` so far."""
 
     @property
     def masked_url(self) -> str:
@@ -145,31 +160,57 @@ class AsyncLink:
         return translate(exc, self.url) or exc
 
     # -- auto-pipelined writes -------------------------------------------------------
-    async def send(self, commands: list[bytes]) -> list[Any]:
-        """Send one call's packed commands with every other call of this turn; return
-        its replies. Raises the call's first error reply (as a streamq error)."""
+    def submit(self, commands: list[bytes]) -> asyncio.Future[list[Any]]:
+        """Queue one call's packed commands for the write of this turn; the future gets
+        its replies, or its first error reply (as a streamq error). Once ``AHEAD``
+        calls wait on a ready connection, they are written at once (see ``AHEAD``)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        self._pending.append((commands, future))
-        if self._flusher is None:
-            # Runs on the next turn: every call made in this one joins the write.
+        future = loop.create_future()
+        pending = self._pending
+        pending.append((commands, future))
+        if self._flusher is None:  # runs next turn: this turn's calls join its write
             self._flusher = loop.create_task(self._flush())
-        return await future
+        elif len(pending) >= AHEAD and not self._busy:
+            self._write_ahead()
+        return future
+
+    def _write_ahead(self) -> None:
+        """Write the waiting calls now, before the flush (which reads their replies)
+        started, on a connection that has the scripts."""
+        conn = self._writer
+        if conn is None or self._loaded_on is not conn or conn._writer is None or \
+                len(self._ahead) + len(self._pending) > MAX_CALLS:
+            return
+        calls, self._pending = self._pending, []
+        self._ahead += calls
+        try:
+            conn._writer.write(b"".join([c for commands, _ in calls for c in commands]))
+        except Exception:  # the flush sends them all again, on a new connection
+            self._loaded_on = None
 
     async def _flush(self) -> None:
         try:
-            while self._pending:
-                calls = self._pending[:MAX_CALLS]
-                del self._pending[:MAX_CALLS]
-                await self._write(calls)
+            while self._pending or self._ahead:
+                calls, ahead = self._ahead, len(self._ahead)
+                self._ahead = []
+                calls += self._pending[:MAX_CALLS - ahead]
+                del self._pending[:MAX_CALLS - ahead]
+                self._busy = True
+                try:
+                    await self._write(calls, ahead)
+                finally:
+                    self._busy = False
         finally:
             self._flusher = None
-            for _, future in self._pending:  # only when cancelled (the loop is closing)
-                if not future.done():
+            for _, future in (*self._ahead, *self._pending):  # only when cancelled
+                if not future.done():  # (the loop is closing): nothing more is sent
                     future.cancel()
+            self._ahead, self._pending = [], []
 
-    async def _write(self, calls: list[tuple[list[bytes], asyncio.Future[list[Any]]]]) -> None:
-        commands = [c for c, _ in calls]
+    async def _write(self, calls: list[_Call], ahead: int) -> None:
+        """One round trip for ``calls``, whose first ``ahead`` are already written on
+        the writer connection; once more, all of them, on a new connection when that
+        one failed or stopped being the primary."""
         for attempt in (1, 2):
             if self._writer is None:
                 pool = self._client.connection_pool
@@ -177,21 +218,18 @@ class AsyncLink:
             conn = self._writer
             try:
                 async with asyncio.timeout(self.settings.socket_timeout_s):
-                    replies = await self._exchange(conn, commands)
-                failures = [_failure(got) for got in replies]
-                if attempt == 1 and any(failed_over(f) for f in failures if f is not None):
-                    # A demoted primary (a failover) refused the writes: again on a
-                    # connection to the new one.
+                    replies, failures = await self._exchange(conn, calls, ahead)
+                if attempt == 1 and any(failed_over(f) for f in failures.values()):
+                    # A demoted primary refused the writes: again, to the new one.
                     raise redis.ConnectionError("the server is no longer the primary")
                 break
-            except BaseException as exc:
-                # Replies may be left unread on it: a new connection (and scripts) next.
+            except BaseException as exc:  # replies may be left unread: a new connection
                 await conn.disconnect(nowait=True)
                 self._writer = self._loaded_on = None
+                ahead = 0  # they went out on the old connection: all are sent again
                 if attempt == 1 and isinstance(exc, redis.ConnectionError):
-                    # Once more on a new connection, as the blocking path (redis-py's
-                    # retry) does: an idle connection the server dropped is the usual
-                    # case; a write whose reply was lost after it ran runs twice.
+                    # Once more, as redis-py's retry does (an idle connection the server
+                    # dropped; a write whose reply was lost after it ran runs twice).
                     continue
                 for _, future in calls:
                     if not future.done():
@@ -202,21 +240,27 @@ class AsyncLink:
                 if not isinstance(exc, Exception):
                     raise
                 return
-        for (_, future), got, failed in zip(calls, replies, failures, strict=True):
-            if future.done():  # the caller was cancelled
-                continue
-            if failed is None:
-                future.set_result(got)
-            else:
-                future.set_exception(self._error(failed))
+        at = 0
+        for k, (commands, future) in enumerate(calls):
+            got, at = replies[at:at + len(commands)], at + len(commands)
+            if not future.done():  # (done: the caller was cancelled)
+                failed = failures.get(k) if failures else None
+                if failed is None:
+                    future.set_result(got)
+                else:
+                    future.set_exception(self._error(failed))
 
-    async def _exchange(self, conn: Any, calls: list[list[bytes]]) -> list[list[Any]]:
-        """One write of ``calls`` on ``conn`` (scripts first on a new connection),
-        its replies per call, and one more write for any NOSCRIPT."""
+    async def _exchange(self, conn: Any, calls: list[_Call], ahead: int
+                        ) -> tuple[list[Any], dict[int, Exception]]:
+        """One write of ``calls`` but the ``ahead`` first (scripts first on a new
+        connection), one more for any NOSCRIPT: the replies, each call's first error."""
         load = self._loaded_on is not conn
+        if load and ahead:
+            raise redis.ConnectionError("a write ahead of the flush failed")
         head = _LOADS if load else []
-        flat = [command for c in calls for command in c]
-        await conn.send_packed_command([b"".join([*head, *flat])], check_health=False)
+        flat = [command for c, _ in calls for command in c]
+        skip = sum(len(c) for c, _ in calls[:ahead]) if ahead else 0
+        await conn.send_packed_command([b"".join([*head, *flat[skip:]])], check_health=False)
         self.writes += 1
         if self._replies is None or self._replies.stream is not conn._reader:
             self._replies = _Replies(conn._reader)  # a new connection: nothing buffered
@@ -226,7 +270,7 @@ class AsyncLink:
             raise loaded
         self._loaded_on = conn
         del replies[:len(head)]
-        missing = [i for i, r in enumerate(replies) if _noscript(r)]
+        missing = [i for i in _odd(replies) if _noscript(replies[i])]
         if missing:  # the server lost its scripts since: load them, resend those only
             await conn.send_packed_command(
                 [b"".join([*_LOADS, *(flat[i] for i in missing)])], check_health=False)
@@ -237,11 +281,15 @@ class AsyncLink:
                 raise loaded
             for i, r in zip(missing, again[len(_LOADS):], strict=True):
                 replies[i] = r
-        out, at = [], 0
-        for c in calls:
-            out.append(replies[at:at + len(c)])
-            at += len(c)
-        return out
+        failures: dict[int, Exception] = {}
+        odd = _odd(replies)
+        if odd:  # which call each belongs to: the first error of each call counts
+            ends = list(accumulate(len(c) for c, _ in calls))
+            for i in odd:
+                failed = _failure([replies[i]])
+                if failed is not None:
+                    failures.setdefault(bisect_right(ends, i), failed)
+        return replies, failures
 
     # -- pooled exchanges --------------------------------------------------------------
     async def run(self, commands: list[bytes], *, blocking: bool = False) -> list[Any]:
