@@ -80,6 +80,8 @@ def test_keda_scales_the_workers_on_the_backlog_gauge() -> None:
     [trigger] = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
     assert "streamq_queue_backlog" in trigger["metadata"]["query"]
+    # The total row: one figure per logical queue, partitioned or not.
+    assert 'partition=""' in trigger["metadata"]["query"]
     assert "streamq_queue_backlog" in (metrics.__doc__ or "")
 
 

@@ -15,9 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamq import StreamQ, TaskEvent
 from streamq.base import keys
+from streamq.server.status import collect_status
 from streamq.worker import metrics
 from streamq.worker.consumer import Consumer
 from tests import tasks
+from tests.servers import on_shards_too
 
 
 @pytest.fixture
@@ -118,14 +120,14 @@ def test_counters_and_queue_gauges(app: StreamQ, rclient: redis.Redis,
             pending = int(rclient.xpending(stream, keys.GROUP)["pending"])
         except redis.ResponseError:  # no group on "other": nobody consumed it
             pending = 0
-        q = (("queue", queue),)
+        q = (("partition", ""), ("queue", queue))
         assert got[("streamq_queue_backlog", q)] == rclient.xlen(stream) - pending
         assert got[("streamq_queue_pending", q)] == pending
         assert got[("streamq_queue_scheduled", q)] == rclient.zcard(keys.delayed(ns, queue))
         assert got[("streamq_queue_dead", q)] == rclient.xlen(keys.dead(ns, queue))
-    assert got[("streamq_queue_dead", (("queue", "default"),))] == 3
-    assert got[("streamq_queue_scheduled", (("queue", "default"),))] == 1
-    assert got[("streamq_queue_backlog", (("queue", "other"),))] == 3
+    assert got[("streamq_queue_dead", (("partition", ""), ("queue", "default")))] == 3
+    assert got[("streamq_queue_scheduled", (("partition", ""), ("queue", "default")))] == 1
+    assert got[("streamq_queue_backlog", (("partition", ""), ("queue", "other")))] == 3
 
     for i in range(2):  # counters keep counting across scrapes
         tasks.add.delay(i, i)
@@ -137,6 +139,25 @@ def _child(observer: Any, n: int) -> None:
     for _ in range(n):
         observer.succeeded(TaskEvent("i", "tests.tasks.add", "default", runtime_s=0.01))
     os._exit(0)
+
+
+@on_shards_too
+def test_a_partitioned_queue_has_a_row_per_partition_and_a_total(
+        app: StreamQ, endpoint: tuple[Any, int]) -> None:
+    _, port = endpoint
+    tasks.ordered.map([("m", i) for i in range(40)])  # 5 on each of the 8 partitions
+    for i in range(6):
+        tasks.ordered.apply_async(("k", i), partition_key="one-key")  # 6 more on one
+    got = scrape(port)
+    rows = {dict(labels)["partition"]: value for (name, labels), value in got.items()
+            if name == "streamq_queue_backlog" and dict(labels)["queue"] == "orders"}
+    assert rows.pop("") == 46  # the total: {partition=""} is one figure per queue
+    assert sorted(rows) == sorted(tasks.ORDERS) and sorted(rows.values()) == [5.0] * 7 + [11.0]
+    # The status behind it: the total row first, its partitions after it.
+    doc = collect_status(app.server.connection, app.settings)["queues"]
+    mine = [q for q in doc if q["queue"] == "orders" or q.get("partition_of") == "orders"]
+    assert mine[0]["queue"] == "orders" and mine[0]["partitions"] == 8
+    assert mine[0]["backlog"] == 46 and len(mine) == 9
 
 
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")

@@ -149,7 +149,12 @@ def status_renderable(status: dict[str, Any], *, now: float | None = None) -> An
         if gone:
             consumers.append(f" ({gone} dead)", style="bold red")
         # Names as Text, not markup: a "[" in a queue name is shown as it is.
-        queues.add(Text(q["queue"]), str(q["backlog"]), str(q["pending"]), str(q["scheduled"]),
+        name = Text(q["queue"])
+        if q.get("partitions"):
+            name.append(f" ({q['partitions']} partitions)", style="dim")
+        elif q.get("partition_of"):
+            name = Text("  " + q["queue"], style="dim")
+        queues.add(name, str(q["backlog"]), str(q["pending"]), str(q["scheduled"]),
                    Text(str(q["dead"]), style="yellow" if q["dead"] else ""), consumers,
                    "-" if age is None else _duration(age), str(round(q["throughput_per_min"])),
                    _bytes(q["stream_memory_bytes"]))

@@ -33,6 +33,7 @@ from typing import Any
 from ..base import keys
 from ..base.errors import BrokerConnectionError, BrokerError
 from ..base.ids import parse_worker_id, worker_of
+from ..base.partitions import logical
 from ..base.settings import Settings
 from .broker import as_str
 from .connection import Connection, translated
@@ -88,8 +89,8 @@ def collect_status(connection: Connection, settings: Settings, *, now: float | N
     worker_docs.sort(key=lambda w: w["id"])
     alive = {w["id"]: bool(w["alive"]) for w in worker_docs}
     consumer_docs: list[dict[str, Any]] = []
-    queue_docs = [_queue_doc(q, replies[i * per:(i + 1) * per], now, alive, consumer_docs)
-                  for i, q in enumerate(queues)]
+    queue_docs = _with_totals([_queue_doc(q, replies[i * per:(i + 1) * per], now, alive,
+                                          consumer_docs) for i, q in enumerate(queues)])
     return {
         "server": {
             "url": connection.masked_url,
@@ -171,6 +172,31 @@ def _queue_doc(queue: str, r: list[Any], now: float, alive: dict[str, bool],
         "throughput_per_min": round(throughput),
         "stream_memory_bytes": int(memory or 0),
     }
+
+
+_SUMMED = ("backlog", "pending", "scheduled", "dead", "consumers", "dead_consumers",
+           "throughput_per_min", "stream_memory_bytes")
+
+
+def _with_totals(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The queue docs with, for a partitioned queue, a total row (``partitions``: how
+    many) before its partitions' rows (``partition_of``: the queue they make up)."""
+    out: list[dict[str, Any]] = []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        base = logical(doc["queue"])
+        if base == doc["queue"]:
+            out.append(doc)
+        else:
+            groups.setdefault(base, []).append(dict(doc, partition_of=base))
+    for base, parts in groups.items():
+        ages = [p["oldest_pending_age_s"] for p in parts if p["oldest_pending_age_s"]]
+        total = {"queue": base, **{f: sum(p[f] for p in parts) for f in _SUMMED},
+                 "oldest_pending_age_s": max(ages) if ages else None,
+                 "partitions": len(parts)}
+        out += [total, *parts]
+    out.sort(key=lambda d: (d.get("partition_of") or d["queue"], "partition_of" in d))
+    return out
 
 
 def _consumer_doc(queue: str, info: dict[Any, Any], alive: dict[str, bool]

@@ -18,13 +18,16 @@ metric                                         type       labels       meaning
                                                                        task, max_deliveries)
 ``streamq_task_duration_seconds``              histogram  task, queue  run time of succeeded
                                                                        tasks
-``streamq_queue_backlog``                      gauge      queue        not yet delivered
-``streamq_queue_pending``                      gauge      queue        delivered, not acked
-``streamq_queue_scheduled``                    gauge      queue        delayed (countdown, eta,
-                                                                       retry backoff)
-``streamq_queue_dead``                         gauge      queue        dead letters kept
-``streamq_queue_oldest_pending_age_seconds``   gauge      queue        idle time of the oldest
-                                                                       pending message (absent
+``streamq_queue_backlog``                      gauge      queue,       not yet delivered
+                                                          partition
+``streamq_queue_pending``                      gauge      queue,       delivered, not acked
+                                                          partition
+``streamq_queue_scheduled``                    gauge      queue,       delayed (countdown, eta,
+                                                          partition    retry backoff)
+``streamq_queue_dead``                         gauge      queue,       dead letters kept
+                                                          partition
+``streamq_queue_oldest_pending_age_seconds``   gauge      queue,       idle time of the oldest
+                                                          partition    pending message (absent
                                                                        when none)
 ``streamq_worker_process_restarts_total``      counter    (none)       task processes replaced
                                                                        by this supervisor after a
@@ -34,6 +37,11 @@ metric                                         type       labels       meaning
 
 Task counters are per worker (each supervisor serves its own processes' files);
 queue gauges are the same on every worker: aggregate them with ``max``, not ``sum``.
+A queue gauge's ``partition`` is "" for a plain queue and for a partitioned queue's
+total, and the partition's queue name on each partition's own row, so
+``streamq_queue_backlog{partition=""}`` is one figure per logical queue (KEDA's
+Prometheus trigger scales on it). Task counters label the queue a task ran from: a
+partition's name on a partitioned queue.
 
 Importing this module has no side effects; prometheus_client is imported inside
 the functions, after ``prepare_multiprocess_dir`` has set the environment.
@@ -207,16 +215,26 @@ class _QueueCollector:
                                  ("pending", "Messages delivered, not yet acknowledged."),
                                  ("scheduled", "Delayed messages (countdown, eta, retries)."),
                                  ("dead", "Dead letters kept.")):
-            gauge = GaugeMetricFamily(f"streamq_queue_{field}", help_text, labels=["queue"])
+            gauge = GaugeMetricFamily(f"streamq_queue_{field}", help_text,
+                                      labels=["queue", "partition"])
             for q in queues:
-                gauge.add_metric([q["queue"]], float(q[field]))
+                gauge.add_metric(_labels(q), float(q[field]))
             yield gauge
         age = GaugeMetricFamily("streamq_queue_oldest_pending_age_seconds",
-                                "Idle time of the oldest pending message.", labels=["queue"])
+                                "Idle time of the oldest pending message.",
+                                labels=["queue", "partition"])
         for q in queues:
             if q["oldest_pending_age_s"] is not None:
-                age.add_metric([q["queue"]], float(q["oldest_pending_age_s"]))
+                age.add_metric(_labels(q), float(q["oldest_pending_age_s"]))
         yield age
+
+
+def _labels(queue_doc: dict[str, Any]) -> list[str]:
+    """(queue, partition): a partition's row names its queue and itself; a plain
+    queue's row and a partitioned queue's total have partition "" (so
+    ``{partition=""}`` selects one figure per logical queue)."""
+    base = queue_doc.get("partition_of")
+    return [base, queue_doc["queue"]] if base else [queue_doc["queue"], ""]
 
 
 def serve(app: StreamQ, port: int, restarts: Callable[[], int] | None = None, *,
