@@ -10,34 +10,70 @@ from __future__ import annotations
 import json
 import pickle
 from collections.abc import Iterable
+from types import ModuleType
 from typing import Any
-
-import cloudpickle
-from kombu import serialization as _kombu
-from kombu.exceptions import ContentDisallowed
-from kombu.utils import json as _kombu_json
 
 from ..base.errors import ConfigurationError, DecodeError, EncodeError
 from .message import kind_of
 
 CLOUDPICKLE_CONTENT_TYPE = "application/x-cloudpickle"
 
-_kombu.register(  # type: ignore[no-untyped-call]  # kombu is unannotated
-    "cloudpickle",
-    cloudpickle.dumps,
-    pickle.loads,
-    content_type=CLOUDPICKLE_CONTENT_TYPE,
-    content_encoding="binary",
-)
-
-
 JSON_CONTENT_TYPE = "application/json"
 
-# kombu's own JSON codec (its encoder class and decoding hook), built once: calling
-# kombu.serialization for each message builds a new encoder or decoder every time,
-# which costs more than the encoding itself. The output is identical.
-_json_encoder = _kombu_json.JSONEncoder()
-_json_decoder = json.JSONDecoder(object_hook=_kombu_json.object_hook)
+# kombu (~70 ms to import: amqp, yaml, importlib.metadata) is imported at its first
+# use, not with streamq: a process that only sends and reads JSON of JSON's own
+# types (a CLI command, most workers) never needs it.
+_kombu_serialization: ModuleType | None = None
+
+
+def _kombu() -> ModuleType:
+    """``kombu.serialization``, with ``cloudpickle`` registered (the first call
+    imports it)."""
+    global _kombu_serialization
+    if _kombu_serialization is None:
+        import cloudpickle
+        from kombu import serialization
+
+        serialization.register(  # type: ignore[no-untyped-call]  # kombu is unannotated
+            "cloudpickle",
+            cloudpickle.dumps,
+            pickle.loads,
+            content_type=CLOUDPICKLE_CONTENT_TYPE,
+            content_encoding="binary",
+        )
+        _kombu_serialization = serialization
+    return _kombu_serialization
+
+
+class _JSONEncoder(json.JSONEncoder):
+    """kombu's JSON encoder, whose ``default`` (datetime, Decimal, UUID, bytes,
+    ``__json__`` and the types registered with kombu) is imported at the first value
+    that JSON has no type for: the output is identical."""
+
+    _kombu_encoder: json.JSONEncoder | None = None
+
+    def default(self, o: Any) -> Any:
+        if _JSONEncoder._kombu_encoder is None:
+            from kombu.utils.json import JSONEncoder
+
+            _JSONEncoder._kombu_encoder = JSONEncoder()
+        return _JSONEncoder._kombu_encoder.default(o)
+
+
+def _object_hook(o: dict[str, Any]) -> Any:
+    """kombu's JSON decoding hook, imported at the first object that has its
+    ``{"__type__": ..., "__value__": ...}`` form."""
+    if len(o) == 2 and "__type__" in o and "__value__" in o:
+        from kombu.utils.json import object_hook
+
+        return object_hook(o)
+    return o
+
+
+# The JSON codec, built once: calling kombu.serialization for each message builds a
+# new encoder or decoder every time, which costs more than the encoding itself.
+_json_encoder = _JSONEncoder()
+_json_decoder = json.JSONDecoder(object_hook=_object_hook)
 
 
 class ContentTypeNotAcceptedError(DecodeError):
@@ -45,11 +81,14 @@ class ContentTypeNotAcceptedError(DecodeError):
 
 
 def content_type_of(serializer: str) -> str:
+    if serializer == "json":  # kombu's, without importing kombu
+        return JSON_CONTENT_TYPE
+    registry = _kombu().registry
     try:
-        content_type: str = _kombu.registry.name_to_type[serializer]
+        content_type: str = registry.name_to_type[serializer]
         return content_type
     except KeyError:
-        known = ", ".join(sorted(_kombu.registry.name_to_type))
+        known = ", ".join(sorted(registry.name_to_type))
         raise ConfigurationError(
             f"unknown serializer {serializer!r}; known serializers: {known}"
         ) from None
@@ -119,8 +158,7 @@ def dumps(value: Any, serializer: str, what: str, task: str) -> tuple[str, str, 
             pass
     content_type_of(serializer)
     try:
-        encoded: tuple[str, str, bytes | str] = _kombu.dumps(  # type: ignore[no-untyped-call]
-            value, serializer=serializer)
+        encoded: tuple[str, str, bytes | str] = _kombu().dumps(value, serializer=serializer)
         return encoded
     except Exception as exc:
         cause = _root_cause(exc)
@@ -159,10 +197,10 @@ def loads(
         raise ContentTypeNotAcceptedError(
             f"content type {str(content_type)[:100]!r} is not accepted "
             f"(accepted: {sorted(accept)})", _raw(payload))
+    kombu = _kombu()
     try:
-        return _kombu.loads(  # type: ignore[no-untyped-call]
-            payload, content_type, content_encoding, accept=accept)
-    except ContentDisallowed as exc:
+        return kombu.loads(payload, content_type, content_encoding, accept=accept)
+    except kombu.ContentDisallowed as exc:
         raise ContentTypeNotAcceptedError(
             f"content type {content_type!r} is not accepted (accepted: {sorted(accept)})",
             _raw(payload),
