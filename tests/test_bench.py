@@ -12,7 +12,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from streamq.cli import cli
+from streamq.cli import bench_durable, bench_spread, bench_threads, cli
 from streamq.cli.benchmark import CEILINGS, GROUPS, ROWS
 from tests.conftest import ROOT
 from tests.servers import ServerProcess
@@ -41,7 +41,19 @@ def test_the_halves_cover_every_measurement() -> None:
     assert sorted(k for keys in GROUPS.values() for k in keys) == sorted(ROWS)
 
 
+@pytest.fixture
+def fewer_fixed_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer calls in the rows whose counts do not follow ``-n``, for a report of the
+    same shape: the durable slices (at most 2,000 calls; under everysec a call waits
+    up to 100 ms for the server's next fsync, so 5 slices of 60 took ~16 s), the
+    2 x 2,000 sleep tasks (~6 s) and the 160 spread tasks (~2 s)."""
+    monkeypatch.setattr(bench_durable, "CALLS", 20)
+    monkeypatch.setattr(bench_threads, "SLEEP_TASKS", 320)  # 10 per slot of 2 x 16
+    monkeypatch.setattr(bench_spread, "TASKS", 32)  # 4 per process of 8
+
+
 @pytest.mark.parametrize("half", HALVES, ids=["enqueue-drain", "spread-threads"])
+@pytest.mark.usefixtures("fewer_fixed_counts")
 def test_bench_reports_every_row_as_ratio_of_its_ceiling(valkey: ServerProcess,
                                                          half: tuple[str, ...]) -> None:
     result = CliRunner().invoke(cli, ["bench", "--url", valkey.url, "-n", "300", "-c", "2",
