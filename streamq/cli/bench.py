@@ -71,6 +71,7 @@ def render(report: dict[str, Any], console: Console) -> None:
               show_default=True, help="Size of each task's string argument.")
 @click.option("--only", metavar="GROUP[,GROUP]", default=None,
               help="Run only these measurements: enqueue, durable, drain, spread, threads, "
+                   "partitions, "
                    "roundtrip (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 def bench(url: str | None, n: int, concurrency: int, payload_bytes: int, only: str | None,

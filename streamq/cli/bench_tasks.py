@@ -59,3 +59,15 @@ ASYNC_SLEEP_NAME = "streamq.bench.async_sleep"
 async def async_sleep(seconds: float) -> None:
     """Waits on its process's event loop (the sleep row's async half)."""
     await asyncio.sleep(seconds)
+
+
+PARTS_QUEUE = "bench-parts"
+PARTITIONS = 6
+"""The partitioned queue of the ``partitions`` rows (``bench_partitions``): 6, so
+that a 3-node cluster holds 2 on each node."""
+app.queue(PARTS_QUEUE, partitions=PARTITIONS)
+
+
+@app.task(name=NOOP_NAME + "_parts", queue=PARTS_QUEUE)
+def noop_parts() -> None:
+    """The noop of the partitioned queue."""

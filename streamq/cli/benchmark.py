@@ -52,7 +52,7 @@ from ..api.app import StreamQ
 from ..base.errors import BrokerError
 from ..base.settings import mask_url
 from ..server.ceiling import Ceiling
-from . import bench_durable, bench_spread, bench_tasks, bench_threads
+from . import bench_durable, bench_partitions, bench_spread, bench_tasks, bench_threads
 from . import bench_procs as bp
 from .bench_procs import BenchError, Clock
 
@@ -93,19 +93,28 @@ ROWS.update({
     "sleep_async": (f"sleep drain: async def, {bench_threads.SLEEP_SLOTS} x "
                     f"{bench_threads.SLEEP_PROCESSES}", "tasks/s", "sleep_limit", 0.80),
 })
+ROWS.update({
+    "parts": (f"drain: {bench_partitions.PARTITIONS} partitions, no key", "tasks/s",
+              "parts_plain", 0.80),
+    "parts_keyed": (f"drain: {bench_partitions.PARTITIONS} partitions, "
+                    f"{bench_partitions.KEYS} keys in order", "tasks/s", "parts_plain", 0.25),
+})
 GROUPS = {"enqueue": ("delay", "map", "adelay"),
           "durable": ("durable_everysec", "durable_always"),
           "drain": ("drain",), "spread": ("spread",),
           "threads": ("noop_ignore_result", "io", "sleep_threads", "sleep_async"),
-          "roundtrip": ("roundtrip_p50", "roundtrip_p99", "idle_rss")}
+          "roundtrip": ("roundtrip_p50", "roundtrip_p99", "idle_rss"),
+          "partitions": ("parts", "parts_keyed")}
 """The measurements ``--only`` can pick, and the rows each gives."""
-TASK_CEILINGS = {"delay_beside_durable", "io_one_thread", "sleep_limit", "noop_recorded"}
+TASK_CEILINGS = {"delay_beside_durable", "io_one_thread", "sleep_limit", "noop_recorded",
+                 "parts_plain"}
 CEILINGS = {"xadd_single": "raw XADD", "xadd_pipelined": "raw XADD pipelined x100",
             "raw_drain": "raw XREADGROUP+XACK+XDEL",
             "spread_ideal": f"ideal: {bench_spread.PROCESSES} / {bench_spread.TASK_S:g} s",
             "delay_beside_durable": "plain delay(), interleaved",
             "noop_recorded": "the same, with records",
             "io_one_thread": "the same, --threads 1",
+            "parts_plain": "the same on one plain queue",
             "sleep_limit": f"limit: {bench_threads.SLEEP_SLOTS} x "
                            f"{bench_threads.SLEEP_PROCESSES} / {bench_threads.SLEEP_S:g} s"}
 
@@ -235,6 +244,11 @@ def _measure(app: StreamQ, r: Ceiling, url: str, ns: str, n: int, concurrency: i
         threaded, more = bench_threads.measure(app, r, url, ns, n, concurrency, clock, say,
                                                procs)
         out.update(threaded)
+        details.update(more)
+    if "partitions" in only:
+        parted, more = bench_partitions.measure(app, r, url, ns, n, concurrency, clock, say,
+                                                procs)
+        out.update(parted)
         details.update(more)
     if "roundtrip" in only:
         _roundtrips(url, ns, n, queue, noop, args, clock, say, procs, out, details, r)

@@ -19,9 +19,11 @@ from typing import Any
 import redis
 
 from ..base import keys
+from ..base.clusterurl import is_cluster
 from ..base.errors import ConfigurationError
 from ..base.settings import mask_url
 from .broker import as_str
+from .cluster import make_cluster_client
 from .connection import translated
 
 BATCH = 100
@@ -41,12 +43,20 @@ class Ceiling:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._cluster = is_cluster(url)
         try:
             # Any: redis-py's command signatures type their replies as Awaitable | Any.
-            self._r: Any = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S,
-                                                protocol=2)
+            self._r: Any = make_cluster_client(url, {"socket_timeout": SOCKET_TIMEOUT_S,
+                                                     "protocol": 2}) if self._cluster else \
+                redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S, protocol=2)
         except ValueError as exc:
             raise ConfigurationError(f"invalid server URL {mask_url(url)!r}: {exc}") from None
+
+    def _on(self, key: str) -> Any:
+        """The client for ``key``: on a cluster, its node's own (a ceiling measures the
+        server, not redis-py's routing)."""
+        return self._r.get_redis_connection(self._r.get_node_from_key(key)) \
+            if self._cluster else self._r
 
     def close(self) -> None:
         self._r.close()
@@ -55,7 +65,7 @@ class Ceiling:
     def xadd_single(self, stream: str, fields: dict[str, Any], count: int,
                     check: Callable[[], None]) -> float:
         """Seconds for ``count`` XADDs to ``stream``, one round trip each."""
-        r = self._r
+        r = self._on(stream)
         with translated(self.url):
             return _timed(count, lambda: r.xadd(stream, fields), check)
 
@@ -63,7 +73,7 @@ class Ceiling:
                        check: Callable[[], None]) -> float:
         """Seconds for ``count`` XADDs to ``stream`` in non-transactional pipelines of
         ``BATCH``."""
-        r = self._r
+        r = self._on(stream)
 
         def xadd_pipelined() -> None:
             for start in range(0, count, BATCH):
@@ -78,13 +88,13 @@ class Ceiling:
     def create_group(self, stream: str) -> None:
         """The consumer group ``drain`` reads ``stream`` through, from its start."""
         with translated(self.url):
-            self._r.xgroup_create(stream, GROUP, "0")
+            self._on(stream).xgroup_create(stream, GROUP, "0")
 
     def drain(self, stream: str, count: int, check: Callable[[], None]) -> float:
         """Seconds to read, ack and delete ``count`` entries of ``stream``: XREADGROUP
         COUNT ``BATCH`` (one round trip), then XACK + XDEL of that batch pipelined (one
         round trip), until ``count`` are done or the stream has no more."""
-        r = self._r
+        r = self._on(stream)
         with translated(self.url):
             done, t0 = 0, time.perf_counter()
             while done < count and (entries := [

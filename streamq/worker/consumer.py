@@ -78,8 +78,7 @@ class Consumer:
                                  secrets=settings.secrets)
         self.continuations = self.executor.continuations = Continuations(
             settings, link.canvas, app.accept_content_types, app.signer, name)
-        self.executor.ordering = Ordering(link.transport, settings.namespace, name,
-                                          self._flush_ordered)
+        self.executor.ordering = Ordering(settings.namespace, name, self._behind_outcomes)
         self.worker_info = worker_info
         self.worker_key = keys.worker(settings.namespace, self.worker_id) \
             if worker_info is not None else None
@@ -343,11 +342,19 @@ class Consumer:
         self.handed_back += len(back)
         self.stopping = True
 
-    def _flush_ordered(self) -> None:
-        """Before a keyed call's gate: write held outcomes if one of them is a keyed
-        call's (maybe the one before it, which would otherwise park it needlessly)."""
-        if any(o.delivery.order is not None for o in self.held.outcomes):
-            self.flush()
+    def _behind_outcomes(self, command: bytes) -> Any:
+        """Write held outcomes with ``command`` behind them, in one round trip; its
+        reply (a keyed call's gate: ``ordering.py``)."""
+        outcomes = self.held.take_outcomes()
+        pipe = self.writer.pack(outcomes) if outcomes else Packed()
+        pipe.commands.append(command)
+        try:
+            replies = self.link.transport.run(pipe)
+        except Exception:
+            self.held.restore_outcomes(outcomes)
+            raise
+        self.continuations.written(self.writer, pipe, outcomes)
+        return replies[-1]
 
     def flush(self, extra: list[Outcome] | None = None) -> None:
         """Write held outcomes (and ``extra``) now, in one round trip."""

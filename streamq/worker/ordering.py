@@ -6,39 +6,40 @@ Each call with a ``partition_key`` drew a number for its key when it was enqueue
 of the call before it (the 'K' step of ``outcomes.lua``, in the same script that
 writes that outcome) puts it back. A retry or a hand-back is not final, so the key
 waits for it; a crash leaves the call pending, and whoever reclaims it passes the
-gate again with the same number. The cost: one round trip per keyed call.
+gate again with the same number. The cost: one round trip per keyed call (the held
+outcomes ride in it), and a parked call's second trip through the stream.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..base import keys
 from ..data.outcome import Gone, Outcome
-from ..server.transport import Transport
+from ..server.transport import script_command
 from .executor import Call
 
 
 class Ordering:
     """``executor.prepare``'s gate for keyed calls (see the module docstring)."""
 
-    def __init__(self, transport: Transport, namespace: str, consumer: str,
-                 flush: Callable[[], None]) -> None:
-        self.transport = transport
+    def __init__(self, namespace: str, consumer: str,
+                 exchange: Callable[[bytes], Any]) -> None:
         self.ns = namespace
         self.consumer = consumer
-        self._flush = flush
-        """Writes held outcomes: one of them may be the key's call just before."""
+        self._exchange = exchange
+        """Sends a command behind the held outcomes (one of them may be the key's call
+        just before, whose write lets this one run), in one round trip; its reply."""
 
     def __call__(self, call: Call) -> Call | Outcome:
         d, key = call.delivery, call.message.key
         assert key is not None
-        self._flush()
         ns, queue = self.ns, d.queue
-        answer = int(self.transport.call(
+        answer = int(self._exchange(script_command(
             "gate", [keys.stream(ns, queue), keys.order(ns, queue),
                      keys.parked(ns, queue, key), keys.record(ns, queue, call.message.id)],
-            [keys.GROUP, self.consumer, d.entry_id, key, d.raw or b""]))
+            [keys.GROUP, self.consumer, d.entry_id, key, d.raw or b""])))
         if answer < 0:  # parked until its turn (the gate took it out of the stream)
             return Gone(d)
         if answer > 0:
