@@ -251,6 +251,53 @@ def test_an_unreachable_server_is_one_masked_error(namespace: str) -> None:
     run(down, main)
 
 
+def test_a_cluster_url_is_refused_before_anything_connects(
+        namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The asyncio client does not speak Redis Cluster yet: every asyncio call on a
+    cluster URL is one ConfigurationError, before any connection (no server needed)."""
+    import socket
+
+    tried: list[Any] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        tried.append(args)
+        raise AssertionError("a connection was attempted")
+
+    async def arefuse(*args: Any, **kwargs: Any) -> Any:
+        return refuse(*args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(asyncio, "open_connection", arefuse)
+    monkeypatch.setattr(asyncio, "open_unix_connection", arefuse)
+    cluster = StreamQ("redis+cluster://127.0.0.1:1,127.0.0.1:2", namespace=namespace,
+                      connect_timeout_s=0.5)
+
+    @cluster.task(name="tests.tasks.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    async def main() -> None:
+        for call in (add.adelay(1, 2), add.aapply_async((1, 2), countdown=5),
+                     add.amap([(1, 2), (3, 4)]), cluster.AsyncResult("x@default").aget(),
+                     cluster.AsyncResult("x@default").astatus()):
+            with pytest.raises(ConfigurationError) as error:
+                await call
+            text = str(error.value)
+            assert text.startswith("the asyncio client (adelay, aapply_async, amap, aget, "
+                                   "astatus) does not support Redis Cluster URLs"), text
+            assert "nothing was sent" in text
+            assert "await asyncio.to_thread(task.delay, ...)" in text
+            assert "\n" not in text
+        assert len(cluster.aio._links) == 0  # no link was made for this loop
+
+    try:
+        run(cluster, main)
+    finally:
+        cluster.close()
+    assert tried == []  # nothing tried to connect, so nothing was sent
+
+
 def test_a_dropped_connection_is_replaced_for_the_next_calls(vapp: StreamQ) -> None:
     rc = _client(vapp)
     ns = vapp.settings.namespace
