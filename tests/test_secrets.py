@@ -19,8 +19,10 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -36,6 +38,7 @@ the user part, ``#`` for a fragment, ``%`` for an escape and ``:`` for a port.""
 SIGNING_KEY = "sK4@hV/8#nQ%2:mY"
 WRONG_PASSWORD = "wR0/ng@Pa#ss%:xZ"
 """A password that fails: its text must not be printed either."""
+T = TypeVar("T")
 
 
 def forbidden(secret: str) -> set[str]:
@@ -126,6 +129,14 @@ def python(project: Path, env: dict[str, str], code: str) -> subprocess.Complete
                           capture_output=True, text=True, timeout=60)
 
 
+def concurrently(calls: dict[str, Callable[[], T]]) -> dict[str, T]:
+    """Each call's result, by key in the same order, the calls run side by side
+    (threads, each waiting for its subprocess); the first error raised is raised."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = {what: pool.submit(call) for what, call in calls.items()}
+        return {what: future.result() for what, future in futures.items()}
+
+
 @pytest.mark.parametrize("log_format", ["plain", "json"])
 def test_a_worker_and_the_commands_that_read_it(locked: ServerProcess, project: Path,
                                                 namespace: str, log_format: str) -> None:
@@ -167,17 +178,21 @@ def test_a_worker_and_the_commands_that_read_it(locked: ServerProcess, project: 
             in metrics, metrics
         assert_clean("the metrics endpoint", metrics)
 
-        outputs = {
-            "status": streamq(project, env, "status"),
-            "status --json": streamq(project, env, "status", "--json"),
-            "result": streamq(project, env, "result", ok_id),
-            "result --json": streamq(project, env, "result", bad_id, "--json"),
-            "result of a failure": streamq(project, env, "result", bad_id, code=None),
-            "dead list": streamq(project, env, "dead", "list", "default"),
-            "dead list --json": streamq(project, env, "dead", "list", "default", "--json"),
-            "enqueue": streamq(project, env, "enqueue", "secretapp.add", "[1, 2]", "--app",
-                               "secretapp", "--json"),
+        # Side by side (each run is mostly an interpreter's start; none writes), then
+        # the one that enqueues.
+        reads: dict[str, tuple[tuple[str, ...], int | None]] = {
+            "status": (("status",), 0),
+            "status --json": (("status", "--json"), 0),
+            "result": (("result", ok_id), 0),
+            "result --json": (("result", bad_id, "--json"), 0),
+            "result of a failure": (("result", bad_id), None),
+            "dead list": (("dead", "list", "default"), 0),
+            "dead list --json": (("dead", "list", "default", "--json"), 0),
         }
+        outputs = concurrently({what: lambda a=a, c=c: streamq(project, env, *a, code=c)
+                                for what, (a, c) in reads.items()})
+        outputs["enqueue"] = streamq(project, env, "enqueue", "secretapp.add", "[1, 2]",
+                                     "--app", "secretapp", "--json")
         assert json.loads(outputs["result --json"].stdout)["status"] in ("FAILURE", "DEAD")
         assert "gave up on" in outputs["result of a failure"].stdout
         for what, done in outputs.items():
@@ -250,29 +265,21 @@ def test_errors_do_not_show_the_password(locked: ServerProcess, project: Path,
         "misspelt-param": f"redis://127.0.0.1:{locked.port}/0?pasword={quote(PASSWORD)}",
     }[case]
     env = env_for(project, namespace, url)
-    runs = {
-        "status": streamq(project, env, "status", code=None),
-        "result": streamq(project, env, "result", "0" * 32, code=None),
-        "dead list": streamq(project, env, "dead", "list", "default", code=None),
-        "enqueue": streamq(project, env, "enqueue", "secretapp.add", "[1, 2]", "--app",
-                           "secretapp", "--force", code=None),
-        "worker": streamq(project, env, "worker", "secretapp", code=None),
-        "worker --url": streamq(project, {**env, "STREAMQ_URL": ""}, "worker", "secretapp",
-                                "--url", url, code=None),
-        "bench": streamq(project, env, "bench", "-n", "10", "--url", url, code=None),
+    commands: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+        "status": (env, ("status",)),
+        "result": (env, ("result", "0" * 32)),
+        "dead list": (env, ("dead", "list", "default")),
+        "enqueue": (env, ("enqueue", "secretapp.add", "[1, 2]", "--app", "secretapp",
+                          "--force")),
+        "worker": (env, ("worker", "secretapp")),
+        "worker --url": ({**env, "STREAMQ_URL": ""}, ("worker", "secretapp", "--url", url)),
+        "bench": (env, ("bench", "-n", "10", "--url", url)),
     }
     if case == "wrong-password":  # the same paths, in their other formats
-        runs["status --json"] = streamq(project, env, "status", "--json", code=None)
-        runs["worker --log-format json"] = streamq(project, env, "worker", "secretapp",
-                                                   "--log-format", "json", code=None)
-    for what, done in runs.items():
-        assert done.returncode != 0, f"{what} with a {case} URL succeeded:\n{done.stdout}"
-        assert "Traceback" not in done.stderr, f"{what}:\n{done.stderr}"
-        last = done.stderr.strip().splitlines()[-1]
-        assert last.startswith("streamq: error: ") or '"level": "ERROR"' in last, \
-            f"{what}:\n{done.stderr}"
-        assert_clean(f"{what} with a {case} URL", done.stdout + done.stderr)
-    api = python(project, env, '''
+        commands["status --json"] = (env, ("status", "--json"))
+        commands["worker --log-format json"] = (env, ("worker", "secretapp", "--log-format",
+                                                      "json"))
+    api_code = '''
         import traceback
         try:
             from secretapp import add  # a bad URL fails here already
@@ -283,7 +290,21 @@ def test_errors_do_not_show_the_password(locked: ServerProcess, project: Path,
             traceback.print_exc()  # with its causes, as an uncaught one would be
         else:
             print("no error")
-    ''')
+    '''
+    # Side by side: each run is mostly waiting (an interpreter's start, the client's
+    # retries of a failed connection), and none changes what another sees.
+    runs = concurrently({
+        **{what: lambda e=e, a=a: streamq(project, e, *a, code=None)
+           for what, (e, a) in commands.items()},
+        "the API": lambda: python(project, env, api_code)})
+    api = runs.pop("the API")
+    for what, done in runs.items():
+        assert done.returncode != 0, f"{what} with a {case} URL succeeded:\n{done.stdout}"
+        assert "Traceback" not in done.stderr, f"{what}:\n{done.stderr}"
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("streamq: error: ") or '"level": "ERROR"' in last, \
+            f"{what}:\n{done.stderr}"
+        assert_clean(f"{what} with a {case} URL", done.stdout + done.stderr)
     assert api.returncode == 0, api.stderr
     assert "no error" not in api.stdout and api.stdout.strip(), api.stdout
     assert_clean(f"the API's error with a {case} URL", api.stdout + api.stderr)
