@@ -33,7 +33,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 # Every row, in two halves that the suite runs side by side.
-HALVES = (("enqueue", "durable", "drain", "roundtrip"), ("spread", "threads"))
+HALVES = (("enqueue", "durable", "drain", "roundtrip"), ("spread", "threads", "partitions"))
 
 
 def test_the_halves_cover_every_measurement() -> None:

@@ -31,6 +31,7 @@ from streamq.server.writer import OutcomeWriter
 from streamq.worker.continuations import CRASH_HOOK
 from tests import canvas_tasks as ct
 from tests.conftest import wait_until
+from tests.servers import on_shards_too
 from tests.tasks import count_of
 
 FAST = ("--heartbeat", "0.2", "--log-level", "INFO")
@@ -43,6 +44,7 @@ def worker(app: StreamQ, start_worker: Any) -> Any:
     return start_worker(app.settings.url, "-c", "2", *FAST, module=MODULE)
 
 
+@on_shards_too
 def test_chain_of_three_passes_each_result_on(app: StreamQ, worker: Any) -> None:
     last = (ct.inc.s(1) | ct.inc.s() | ct.square.s()).apply_async()
     assert isinstance(last.parent, type(last)) and last.parent.parent is not None
@@ -118,6 +120,7 @@ def test_group_get_raises_the_first_failure_unless_told_not_to(app: StreamQ,
     assert res.completed_count() == 2
 
 
+@on_shards_too
 def test_chord_failing_member_fails_fast_and_the_body_never_runs(app: StreamQ,
                                                                  worker: Any) -> None:
     body = chord([ct.square.s(2), ct.boom.s(7), ct.square.s(3)],
@@ -140,6 +143,7 @@ def test_chord_collect_runs_the_body_with_every_outcome(app: StreamQ, worker: An
     assert count_of("outcomes") == 1
 
 
+@on_shards_too
 def test_nested_canvases(app: StreamQ, worker: Any) -> None:
     # chain(a, group, b): the group gets a's result, b the group's results.
     last = chain(ct.inc.s(1), group(ct.inc.s(), ct.square.s()),
@@ -169,6 +173,7 @@ def test_steps_in_task_threads_and_on_an_event_loop(vapp: StreamQ,
     assert count_of("ainc") == 2 and count_of("mixed") == 1
 
 
+@on_shards_too
 def test_chord_members_on_queue_a_and_body_on_queue_b(app: StreamQ,
                                                       start_worker: Any) -> None:
     start_worker(app.settings.url, "-c", "1", "-Q", "canvas_a", *FAST, module=MODULE)
@@ -204,6 +209,7 @@ def test_chord_of_200_runs_its_body_once_while_members_are_killed(vapp: StreamQ,
     assert count_of("m") >= 200  # killed members ran again, and counted once each
 
 
+@on_shards_too
 def test_a_crash_between_acknowledging_members_and_forwarding_them(app: StreamQ,
                                                                    start_worker: Any) -> None:
     """Each member's process dies right after its outcome (and outbox) is written and
