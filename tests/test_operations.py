@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamq import StreamQ
@@ -110,8 +111,9 @@ def test_json_logs_one_line_per_state_change(vapp: StreamQ, start_worker: Any) -
     assert re.search(r"attempt 1", mine[1]["message"]) and "queue default" in mine[1]["message"]
 
 
-def test_result_enqueue_and_dead_commands(vapp: StreamQ, start_worker: Any) -> None:
-    url, ns = vapp.settings.url, vapp.settings.namespace
+@pytest.mark.parametrize("server", ["valkey", "shards"], indirect=True)
+def test_result_enqueue_and_dead_commands(app: StreamQ, start_worker: Any) -> None:
+    url, ns = app.settings.url, app.settings.namespace
     common = ("--url", url, "--namespace", ns)
     out = _cli("enqueue", "tests.tasks.add", "[20, 22]", "--app", "tests.tasks", *common,
                "--json")
@@ -124,8 +126,8 @@ def test_result_enqueue_and_dead_commands(vapp: StreamQ, start_worker: Any) -> N
     assert by_name.returncode == 0
     failed_id = by_name.stdout.strip()
     w = start_worker(url, "-c", "1")
-    assert vapp.AsyncResult(task_id).get(timeout=20) == 42
-    wait_until(lambda: vapp.AsyncResult(failed_id).status == "FAILURE", message="failure")
+    assert app.AsyncResult(task_id).get(timeout=20) == 42
+    wait_until(lambda: app.AsyncResult(failed_id).status == "FAILURE", message="failure")
 
     shown = _cli("result", task_id, *common, "--json")
     assert json.loads(shown.stdout)["result"] == 42
@@ -141,7 +143,7 @@ def test_result_enqueue_and_dead_commands(vapp: StreamQ, start_worker: Any) -> N
     assert {"reason", "task", "attempts", "age_s"} <= set(listed[0])
     requeued = _cli("dead", "requeue", "default", "--all", *common, "--json")
     assert json.loads(requeued.stdout) == {"requeued": 1}
-    wait_until(lambda: len(vapp.dead.list("default")) == 1, message="failed again")
+    wait_until(lambda: len(app.dead.list("default")) == 1, message="failed again")
     purged = _cli("dead", "purge", "default", *common, "--json", "--yes")
     assert json.loads(purged.stdout) == {"purged": 1}
     no_ids = _cli("dead", "requeue", "default", *common)
