@@ -244,9 +244,9 @@ def test_everysec_durable_delay_runs_and_says_what_everysec_promises(
         caplog: pytest.LogCaptureFixture) -> None:
     app = _producer(valkey.url, namespace)
     try:
-        with caplog.at_level(logging.WARNING, logger="streamq.server.broker"):
+        with caplog.at_level(logging.WARNING, logger="streamq.server.durable"):
             handle = app.send_by_name("tests.tasks.add", [20, 22])
-        warned = [r.getMessage() for r in caplog.records if r.name == "streamq.server.broker"]
+        warned = [r.getMessage() for r in caplog.records if r.name == "streamq.server.durable"]
         assert len(warned) == 1 and "appendfsync everysec" in warned[0]
         assert "appendfsync always" in warned[0]
         start_worker(valkey.url, *FAST)
@@ -261,11 +261,11 @@ def test_always_durable_delay_survives_a_kill(private: Callable[..., ServerProce
     srv = private(appendfsync="always")
     app = _producer(srv.url, namespace)
     try:
-        with caplog.at_level(logging.WARNING, logger="streamq.server.broker"):
+        with caplog.at_level(logging.WARNING, logger="streamq.server.durable"):
             handles = [app.send_by_name("tests.tasks.add", [i, 1]) for i in range(3)]
             handles += app.registry["tests.tasks.add"].map([(10, i) for i in range(150)])
         # always: nothing to warn of
-        assert [r for r in caplog.records if r.name == "streamq.server.broker"] == []
+        assert [r for r in caplog.records if r.name == "streamq.server.durable"] == []
         assert _calls(srv.url, "waitaof") == 4
     finally:
         app.close()

@@ -26,7 +26,8 @@ from ..base.errors import BrokerError, ConfigurationError
 from ..base.ids import new_task_id, queue_of
 from ..data.message import Message, now_ms
 from . import eager
-from .limits import DEFAULT_VALUE_LIMIT
+from .limits import BATCH, DEFAULT_VALUE_LIMIT
+from .partial import partly_enqueued
 from .result import AsyncResult
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ async def aenqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]],
         if not isinstance(failed, BrokerError):
             raise failed
         answered = [not isinstance(r, BaseException) for r in sent]
-        raise app._partly_enqueued(prepared, answered, failed) from failed
+        raise partly_enqueued(app, prepared, answered, failed, BATCH) from failed
     app._emit_enqueued(prepared)
     sent_at = time.monotonic()
     return [AsyncResult(m.id, app, queue=m.queue, sent_at=sent_at, ignored=m.ignore_result)

@@ -18,8 +18,6 @@ from ..base.errors import (
     BrokerConnectionError,
     BrokerError,
     ConfigurationError,
-    EnqueueConnectionError,
-    EnqueueError,
     NotDurableError,
 )
 from ..base.ids import queue_of
@@ -34,11 +32,13 @@ from . import aio, eager
 from . import periodic as _periodic
 from .hooks import Hook, Hooks, TaskEvent
 from .limits import (
+    BATCH,
     DEFAULT_VALUE_LIMIT,
     check_size,
     checked_signer,
     sure_body,
 )
+from .partial import partly_enqueued
 from .result import AsyncResult
 from .result import AsyncResult as _AsyncResult  # for annotations: StreamQ.AsyncResult shadows it
 from .task import CountdownDue, P, R, Task, TaskOptions, build_message, due_ms_from
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_BATCH = 100  # calls per batch, and per script call: bounds how long one blocks the server
+_BATCH = BATCH
 
 class StreamQ:
     """A streamq application: ``@app.task`` registers tasks, ``app.AsyncResult(id)``
@@ -222,7 +222,7 @@ class StreamQ:
         if s.eager:  # run here and now, without a server (streamq.api.eager)
             return eager.enqueue(self, prepared)
         broker = self.server.broker
-        wait = broker.durable_wait(s.durable_replicas, s.durable_timeout_s, s.socket_timeout_s
+        wait = broker.durability.wait(s.durable_replicas, s.durable_timeout_s, s.socket_timeout_s
                                    ) if (s.durable if durable is None else durable) else None
 
         if len(prepared) == 1 and not many:  # delay(): one batch, nothing to stream
@@ -248,7 +248,8 @@ class StreamQ:
         try:
             reply = broker.send_many(self._batches(prepared), answered, wait)
         except BrokerError as exc:
-            raise self._partly_enqueued(prepared, answered, exc, wait is not None) from exc
+            raise partly_enqueued(self, prepared, answered, exc, _BATCH,
+                                  wait is not None) from exc
         self._emit_enqueued(prepared)
         sent_at = time.monotonic()
         handles = [AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at,
@@ -302,7 +303,8 @@ class StreamQ:
         """``handles``, once the wait's ``reply`` confirms they are durable; else
         ``NotDurableError`` naming them (they were written, and may run)."""
         s = self.settings
-        why = self.server.broker.not_durable(reply, s.durable_replicas, s.durable_timeout_s)
+        why = self.server.broker.durability.not_durable(reply, s.durable_replicas,
+                                                        s.durable_timeout_s)
         if why is None:
             return handles
         first = handles[0]
@@ -343,35 +345,6 @@ class StreamQ:
         for i, (m, _) in enumerate(prepared):
             if len(m.body) > sure:
                 self._check_size(m, m.encode(), f" (call {i + 1} of {len(prepared)})")
-
-    def _partly_enqueued(self, prepared: Sequence[tuple[Message, int | None]],
-                         answered: list[bool], exc: BrokerError, durable: bool = False
-                         ) -> EnqueueError:
-        """The error of a multi-call enqueue that failed after ``answered`` batches."""
-        sent_at = time.monotonic()
-        handles: list[_AsyncResult] = []
-        enqueued: list[_AsyncResult] = []
-        unknown: list[_AsyncResult] = []
-        written: list[tuple[Message, int | None]] = []
-        for n, ok in enumerate(answered):
-            batch = prepared[n * _BATCH:(n + 1) * _BATCH]
-            if ok:
-                written += batch
-            for m, _ in batch:
-                handle = AsyncResult(m.id, self, queue=m.queue, sent_at=sent_at if ok else None)
-                handles.append(handle)
-                (enqueued if ok else unknown).append(handle)
-        not_sent = [AsyncResult(m.id, self, queue=m.queue)
-                    for m, _ in prepared[len(answered) * _BATCH:]]
-        handles += not_sent
-        self._emit_enqueued(written)
-        cause = " ".join(str(exc).split())
-        cls = EnqueueConnectionError if isinstance(exc, BrokerConnectionError) else EnqueueError
-        return cls(f"enqueueing {len(prepared)} calls failed: {len(enqueued)} "
-                   f"enqueued, {len(unknown)} unknown (their batch failed or got no reply), "
-                   f"{len(not_sent)} not sent{' (none confirmed on disk)' if durable else ''}"
-                   f": {cause}", exc.code, handles=handles,
-                   enqueued=enqueued, unknown=unknown, not_sent=not_sent)
 
     def _emit_enqueued(self, prepared: Sequence[tuple[Message, int | None]]) -> None:
         if self.hooks.wants("enqueued"):

@@ -11,6 +11,8 @@ from ..data import serialization
 from ..data.message import Message
 from ..data.signing import Signer, signer_for
 
+BATCH = 100
+"""Calls per enqueue batch (and per script call): bounds how long one blocks the server."""
 DEFAULT_VALUE_LIMIT = 512 * 1024 * 1024
 """The server's ``proto-max-bulk-len`` by default: assumed when CONFIG is refused."""
 MIN_SERVER_LIMIT = 1024 * 1024

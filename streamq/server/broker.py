@@ -12,7 +12,8 @@ the next is packed (``Transport.send``).
 
 A durable enqueue appends ``WAITAOF 1 <replicas> <ms>`` to that same write, on the
 same connection (WAITAOF waits for its own connection's writes), or ``WAIT`` on a
-server without it (Redis < 7.2); which one is decided by asking the server once.
+server without it (Redis < 7.2): ``durable.Durability`` decides which and reads the
+reply.
 """
 
 from __future__ import annotations
@@ -25,22 +26,19 @@ from typing import Any
 from redis.crc import key_slot
 
 from ..base import keys
-from ..base.errors import BrokerError, ConfigurationError
+from ..base.errors import BrokerError
 from ..base.partitions import logical
 from ..base.settings import Settings
 from ..data.outcome import Delivery
-from .connection import Connection, translate
+from .connection import Connection
+from .durable import Durability
 from .partitioning import check_count
+from .translate import as_str
 from .transport import EXEC, MULTI, Packed, Transport, pack, script_command
 
+__all__ = ["Broker", "as_str", "entry_message"]
+
 log = logging.getLogger(__name__)
-
-
-def as_str(value: object) -> str:
-    """A reply value as text (bytes decoded, undecodable bytes replaced)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else str(value)
 
 
 class Broker:
@@ -55,8 +53,7 @@ class Broker:
         self._groups: set[str] = set()
         self._slot_groups: dict[tuple[str, ...], list[list[str]]] = {}
         self._turn = 0
-        self._waits: dict[tuple[int, float], bytes] = {}
-        self._fsync: str | None = None
+        self.durability = Durability(transport)
         self.partitions: dict[str, tuple[str, ...]] = {}
         """The app's partitioned queues (``StreamQ.queue``), checked at first use."""
         self._checked: set[str] = set()
@@ -156,7 +153,7 @@ class Broker:
         self.transport.run(Packed(commands))
 
     def send_durable(self, commands: list[bytes], wait: bytes) -> Any:
-        """``send_one`` with ``wait`` (from ``durable_wait``) in the same write; returns
+        """``send_one`` with ``wait`` (from ``durability.wait``) in the same write; returns
         its reply, for ``not_durable``."""
         return self.transport.run_durable(commands, wait)
 
@@ -168,98 +165,6 @@ class Broker:
         last batch (one wait covers every write before it); its reply is returned."""
         self.transport.ensure_scripts()
         return self.transport.send(batches, answered, wait)
-
-    # -- durability ------------------------------------------------------------------
-    def durable_wait(self, replicas: int, timeout_s: float, socket_timeout_s: float
-                     ) -> bytes:
-        """The packed command that makes a write durable: WAITAOF, or WAIT for
-        ``replicas`` on a server without it. Asks the server once (one round trip);
-        raises ``ConfigurationError`` before anything is written when the server
-        cannot promise it."""
-        wait = self._waits.get((replicas, timeout_s))
-        if wait is not None:
-            return wait
-        if timeout_s >= socket_timeout_s:
-            # The read would time out first, and a retried write is enqueued twice.
-            raise ConfigurationError(
-                f"durable_timeout_s ({timeout_s:g}) must be shorter than socket_timeout_s "
-                f"({socket_timeout_s:g}); lower the one or raise the other")
-        has_waitaof, server = self._probe()
-        ms = max(1, round(timeout_s * 1000))
-        if has_waitaof:
-            wait = pack("WAITAOF", 1, replicas, ms)
-        elif replicas:
-            log.warning("The server at %s (%s) has no WAITAOF: a durable enqueue waits "
-                        "for %d replica(s) to receive each write (WAIT), not for a disk.",
-                        self.connection.masked_url, server, replicas)
-            wait = pack("WAIT", replicas, ms)
-        else:
-            raise ConfigurationError(
-                f"durable enqueue needs WAITAOF, which the server at "
-                f"{self.connection.masked_url} ({server}) lacks; nothing was sent. Use "
-                f"Redis >= 7.2 or Valkey, or set durable_replicas=N to wait for N replicas "
-                f"instead (WAIT)")
-        self._waits[(replicas, timeout_s)] = wait
-        return wait
-
-    def _probe(self) -> tuple[bool, str]:
-        """(has WAITAOF, "name version") of the server; notes its appendfsync."""
-        pipe = Packed()
-        pipe.best_effort("COMMAND", "INFO", "WAITAOF")  # refused by some ACL users
-        pipe.best_effort("CONFIG", "GET", "appendfsync")  # refused by managed servers
-        pipe.command("INFO", "server")
-        pipe.command("INFO", "persistence")
-        info_cmd, fsync, info, persistence = self.transport.run(pipe)
-        fields = dict(line.split(":", 1) for line in as_str(info).splitlines()
-                      if ":" in line)
-        version = fields.get("redis_version", "0")
-        name = "valkey" if "valkey_version" in fields else "redis"
-        server = f"{name} {fields.get('valkey_version', version)}"
-        if isinstance(fsync, dict):  # RESP3 answers a map, RESP2 a list of pairs
-            fsync = [x for pair in fsync.items() for x in pair]
-        if isinstance(fsync, list) and len(fsync) == 2:
-            self._fsync = as_str(fsync[1])
-        if isinstance(info_cmd, list):
-            has_waitaof = bool(info_cmd) and info_cmd[0] is not None
-        else:
-            major, _, minor = version.partition(".")
-            has_waitaof = (int(major), int(minor.partition(".")[0] or 0)) >= (7, 2)
-        if has_waitaof and self._fsync == "everysec" and "aof_enabled:1" in as_str(persistence):
-            # redis/redis#13793: seen live on Valkey 9.1.2, WAITAOF answered "on disk"
-            # up to a second before the fsync (a process crash loses nothing; the OS's can).
-            log.warning("The server at %s (%s) fsyncs its AOF once a second (appendfsync "
-                        "everysec): some servers confirm a durable enqueue before that "
-                        "fsync (redis/redis#13793); set appendfsync always for a per-write "
-                        "disk guarantee.", self.connection.masked_url, server)
-        return has_waitaof, server
-
-    def not_durable(self, reply: Any, replicas: int, timeout_s: float) -> str | None:
-        """None when the wait's ``reply`` confirms the write; else why not, as a
-        clause for the caller's error ("... was enqueued but <clause>")."""
-        if isinstance(reply, Exception):
-            if "appendonly" in str(reply):
-                return (f"the server at {self.connection.masked_url} has appendonly off, so "
-                        f"it cannot be durable; the task may still run. Turn on appendonly "
-                        f"yes in its config (or CONFIG SET appendonly yes), or enqueue "
-                        f"without durable")
-            error = translate(reply, self.connection.url) or reply
-            return f"its durability was not confirmed ({error}); the task may still run"
-        if not isinstance(reply, list):  # WAIT (no WAITAOF): replicas that got it
-            if int(reply) >= replicas:
-                return None
-            return (f"only {int(reply)} of {replicas} replica(s) acknowledged the write "
-                    f"within {timeout_s:g}s (WAIT); the task may still run. Check the "
-                    f"replicas (INFO replication) or raise durable_timeout_s")
-        local, copies = (int(x) for x in reply)  # WAITAOF: [fsynced here 0|1, replicas]
-        if local >= 1 and copies >= replicas:
-            return None
-        hint = "set appendfsync always (or everysec)" if not local and self._fsync == "no" \
-            else "raise durable_timeout_s" if not local else \
-            "check its replicas (INFO replication; they need appendonly yes)"
-        also = f" and on {replicas} replica(s)" if replicas else ""
-        return (f"the server did not confirm within {timeout_s:g}s that it has the write "
-                f"on disk{also} (WAITAOF answered: on disk {'yes' if local else 'no'}, "
-                f"replicas {copies}); the task may still run. To fix it: {hint}")
 
     # -- consumer groups -------------------------------------------------------------
     def ensure_group(self, queue: str, *, force: bool = False) -> bool:

@@ -123,3 +123,10 @@ class translated:  # noqa: N801 - a context manager used like a function
             mapped = translate(exc, self.url)
             if mapped is not None:
                 raise mapped from exc
+
+
+def as_str(value: object) -> str:
+    """A reply value as text (bytes decoded, undecodable bytes replaced)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
