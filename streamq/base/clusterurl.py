@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from .errors import ConfigurationError
+from .urlhosts import parse_hosts
 
 SCHEMES = ("redis+cluster", "rediss+cluster")
 DEFAULT_PORT = 6379
@@ -34,15 +35,7 @@ def split(url: str, shown: str) -> tuple[str, list[tuple[str, int]]]:
     rest = rest[len(userinfo):]
     rest, mark, query = rest.partition("?")
     hosts, _, path = rest.partition("/")
-    seeds: list[tuple[str, int]] = []
-    for part in hosts.split(","):
-        host, colon, port = part.strip().rpartition(":")
-        if not colon:
-            host, port = port, str(DEFAULT_PORT)
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigurationError(
-                f"invalid node address {part.strip()!r} in server URL {shown!r}; {example}")
-        seeds.append((host.strip("[]"), int(port)))
+    seeds = parse_hosts(hosts, DEFAULT_PORT, shown, "node address", example)
     if path.strip("/") not in ("", "0"):
         raise ConfigurationError(
             f"server URL {shown!r} names db {path.strip('/')!r}: a cluster has only db 0; "

@@ -14,6 +14,7 @@ from typing import NamedTuple
 from urllib.parse import parse_qs, unquote
 
 from .errors import ConfigurationError
+from .urlhosts import parse_hosts
 
 SCHEME = "redis+sentinel"
 PARAMS = ("sentinel_username", "sentinel_password", "client_name")
@@ -51,15 +52,7 @@ def parse(url: str, shown: str) -> SentinelURL:
         rest = rest[found.end():]
     rest, _, query = rest.partition("?")
     hosts, _, path = rest.partition("/")
-    sentinels: list[tuple[str, int]] = []
-    for part in hosts.split(","):
-        host, colon, port = part.strip().rpartition(":")
-        if not colon:
-            host, port = port, str(DEFAULT_PORT)
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigurationError(
-                f"invalid Sentinel address {part.strip()!r} in server URL {shown!r}; {example}")
-        sentinels.append((host.strip("[]"), int(port)))
+    sentinels = parse_hosts(hosts, DEFAULT_PORT, shown, "Sentinel address", example)
     service, _, db = path.strip("/").partition("/")
     if not _SERVICE.match(service):
         raise ConfigurationError(
