@@ -70,11 +70,15 @@ class Sentinel:
 
 @pytest.fixture
 def sentinel_setup(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess, Sentinel]]:
+    # A full sync starts at once, not after the default 5 s wait for more replicas
+    # (either server may be the primary after a failover).
+    at_once = ("--repl-diskless-sync-delay", "0")
     primary = ServerProcess("valkey", tmp_path / "primary", appendonly=True,
-                            appendfsync="always").start()
+                            appendfsync="always", extra_args=at_once).start()
     replica = ServerProcess("valkey", tmp_path / "replica", appendonly=True,
                             appendfsync="always",
-                            extra_args=("--replicaof", "127.0.0.1", str(primary.port))).start()
+                            extra_args=(*at_once, "--replicaof", "127.0.0.1",
+                                        str(primary.port))).start()
     link = replica._client(5)
     wait_until(lambda: link.info("replication").get("master_link_status") == "up", 20,
                message="the replica to sync")
