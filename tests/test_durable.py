@@ -352,6 +352,8 @@ def test_a_replica_that_is_not_there_times_out(server: ServerProcess, namespace:
 def test_a_real_replica_confirms(kind: str, private: Callable[..., ServerProcess],
                                  namespace: str) -> None:
     primary, replica = private(kind), private(kind)
+    with redis.Redis.from_url(primary.url) as admin:  # the full sync at once, not in 5 s
+        admin.config_set("repl-diskless-sync-delay", 0)
     client = redis.Redis.from_url(replica.url)
     try:
         client.replicaof("127.0.0.1", primary.port)
