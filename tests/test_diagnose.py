@@ -125,7 +125,7 @@ def test_the_url_in_the_timeout_masks_the_password(tmp_path: Path, namespace: st
         assert "s3cr3t" not in text and f"redis://:***@127.0.0.1:{srv.port}/0" in text
         app.close()
     finally:
-        srv.stop()
+        srv.kill()  # stop()'s SHUTDOWN has no password: it waited 10 s, then SIGTERM
 
 
 # -- 2. get() inside a task ------------------------------------------------------------------
