@@ -64,8 +64,8 @@ def test_worker_metrics_count_what_ran(vapp: StreamQ, start_worker: Any) -> None
     assert s[("streamq_tasks_succeeded_total", lbl)] == 7
     assert s[("streamq_tasks_started_total", lbl)] == 7
     assert s[("streamq_task_duration_seconds_count", lbl)] == 7
-    assert s[("streamq_queue_scheduled", (("queue", "default"),))] == 1
-    assert s[("streamq_queue_dead", (("queue", "default"),))] == 3
+    assert s[("streamq_queue_scheduled", (("partition", ""), ("queue", "default")))] == 1
+    assert s[("streamq_queue_dead", (("partition", ""), ("queue", "default")))] == 3
     assert s[("streamq_worker_process_restarts_total", ())] == 0
     assert w.stop() == 0
 

@@ -111,7 +111,9 @@ def test_producer_worker_and_cli_over_tls(tapp: StreamQ, tls: TLSServer, namespa
     status = _cli(url, namespace, "status", "--json")
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)
-    assert {q["queue"]: q["dead"] for q in doc["queues"]} == {"default": 2, "other": 0}
+    # (The worker read every queue of tests.tasks: its partitioned one too.)
+    assert {q["queue"]: q["dead"] for q in doc["queues"]
+            if "orders" not in q["queue"]} == {"default": 2, "other": 0}
     assert len(doc["workers"]) == 1
     dead = _cli(url, namespace, "dead", "list", "default", "--json")
     assert dead.returncode == 0, dead.stderr
