@@ -290,7 +290,6 @@ def test_time_limit_kills_retries_then_fails(app: StreamQ, start_worker: Any) ->
     assert w.stop() == 0
 
 
-@on_shards_too
 def test_sigterm_grace_expired_task_is_handed_back_uncharged_and_recovered(
         app: StreamQ, start_worker: Any) -> None:
     """A deploy whose grace period a long task outlasts: the killed task goes back to
@@ -312,7 +311,6 @@ def test_sigterm_grace_expired_task_is_handed_back_uncharged_and_recovered(
     assert w2.stop() == 0
 
 
-@on_shards_too
 def test_second_sigint_exits_at_once_losing_nothing(app: StreamQ, start_worker: Any) -> None:
     w1 = start_worker(app.settings.url, "-c", "1", *FAST)
     res = tasks.sleep_then_count.delay("int", 20.0)
@@ -511,7 +509,6 @@ def test_dead_letters_requeue_and_purge(app: StreamQ, rclient: redis.Redis,
     assert rclient.xlen(_stream(app)) == 0
 
 
-@on_shards_too
 def test_batching_never_strands_work_behind_a_long_task(app: StreamQ,
                                                         start_worker: Any) -> None:
     """Celery #1933: messages prefetched by a process that then runs a long task are

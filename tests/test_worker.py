@@ -94,7 +94,6 @@ def test_sigterm_finishes_in_flight_tasks_and_exits_zero(app: StreamQ,
     assert app.server.connection.client.xlen(keys.stream(ns, "default")) == 0
 
 
-@on_shards_too
 def test_unknown_task_goes_to_dead_letters_and_worker_keeps_going(
         app: StreamQ, start_worker: Any) -> None:
     ghost = app.send_by_name("tests.tasks.does_not_exist", [1])
