@@ -248,7 +248,12 @@ class Router:
         sent = []
         for node, units in plan.values():
             pool = self.client.get_redis_connection(node).connection_pool
-            conn = pool.get_connection()
+            try:
+                conn = pool.get_connection()
+            except _LOST as exc:  # the node is down (a failover?): the map may know
+                done.again += units
+                done.refresh, done.pause, done.error = True, max(done.pause, 0.1), exc
+                continue
             payload: list[bytes] = []
             for unit in units:
                 for i in unit.indexes:
@@ -283,7 +288,10 @@ class Router:
             if wait is not None:
                 waits.append(_reply(conn))
         except _LOST as exc:
-            # What got no answer is sent again; a lost wait is sent behind it again too.
+            # What got no answer is sent again, with a wait behind it; a wait whose
+            # reply alone was lost confirms nothing.
+            if settled == len(units):
+                waits.append(exc)
             self._lost(pool, conn, units[settled:], done, exc)
             return
         pool.release(conn)
