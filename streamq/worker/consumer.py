@@ -78,7 +78,8 @@ class Consumer:
                                  secrets=settings.secrets)
         self.continuations = self.executor.continuations = Continuations(
             settings, link.canvas, app.accept_content_types, app.signer, name)
-        self.executor.ordering = Ordering(settings.namespace, name, self._behind_outcomes)
+        self.ordering = self.executor.ordering = Ordering(settings.namespace, name,
+                                                          self._behind_outcomes)
         self.worker_info = worker_info
         self.worker_key = keys.worker(settings.namespace, self.worker_id) \
             if worker_info is not None else None
@@ -313,7 +314,8 @@ class Consumer:
                 time.sleep(self.block_ms / 1000)
                 return []
             if count is None:
-                count = self.recycling.read_cap(self.processed, self.batch.count())
+                count = self.ordering.read_count(
+                    self.recycling.read_cap(self.processed, self.batch.count()))
             got = self.broker.read(self.name, self.reading, count,
                                    self.block_ms if block_ms == -1 else block_ms, pipe=pipe)
         except Exception:
