@@ -252,3 +252,33 @@ def test_killed_connections_on_every_node_lose_and_double_nothing(app: StreamQ,
     assert len(handles) == 300
     for n in nodes:
         n.close()
+
+
+@shards_only
+def test_an_idle_worker_blocks_once_on_each_node(app: StreamQ, server: ShardedServer,
+                                                 start_worker: Any) -> None:
+    per_node = _queues_per_node(app, server, 2)  # 2 queues (slots) on every node
+    queues = [q for qs in per_node.values() for q in qs]
+    w = start_worker(app.settings.url, "-c", "1", "-Q", ",".join(queues),
+                     "--log-level", "WARNING")
+    nodes = {int(n.connection_pool.connection_kwargs["port"]): n for n in server.nodes()}
+    most, all_three = 0, 0
+    for _ in range(40):  # the worker's process: never more than one blocked read a node
+        round_ = 0
+        for n in nodes.values():
+            blocked = [c for c in n.client_list()
+                       if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")]
+            round_ += bool(blocked)
+            most = max(most, len(blocked))
+        all_three += round_ == len(nodes)
+        time.sleep(0.025)
+    assert most == 1, most
+    # The nodes' blocked reads overlap: they are sent together, one to each node
+    # (blocking on one node at a time, a round of samples would rarely see all three).
+    assert all_three >= 5, all_three
+    # A call to any of them is taken while it blocks elsewhere.
+    assert [tasks.add.apply_async((i, 1), queue=q).get(timeout=10)
+            for i, q in enumerate(queues)] == [i + 1 for i in range(len(queues))]
+    assert w.stop() == 0
+    for n in nodes.values():
+        n.close()

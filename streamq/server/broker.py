@@ -244,15 +244,32 @@ class Broker:
         if len(groups) == 1:
             return self._read(pipe, consumer, queues, count, block_ms)
         # A cluster-mode server refuses one read across slots: one read per slot, none
-        # blocking; when all are empty, block on one slot at a time, briefly, in turn.
+        # blocking; when all are empty, one blocking read per node (on one of its
+        # slots, in turn), briefly: the router sends them to every node at once.
         for group in groups[:-1]:
             self._read_command(pipe, consumer, group, count, None)
         got = self._read(pipe, consumer, groups[-1], count, None, replies=len(groups),
                          every=queues)
         if got or not block_ms:
             return got
-        self._turn = (self._turn + 1) % len(groups)
-        return self._read(Packed(), consumer, groups[self._turn], count, min(block_ms, 50))
+        self._turn += 1
+        blocking = self._one_per_node(groups)
+        pipe = Packed()
+        for group in blocking[:-1]:
+            self._read_command(pipe, consumer, group, count, min(block_ms, 50))
+        return self._read(pipe, consumer, blocking[-1], count, min(block_ms, 50),
+                          replies=len(blocking), every=queues)
+
+    def _one_per_node(self, groups: list[list[str]]) -> list[list[str]]:
+        """Of each node's slot groups, the one whose turn it is (a single server: one)."""
+        if not self.connection.is_cluster:
+            return [groups[self._turn % len(groups)]]
+        nodes = self.connection.client.nodes_manager  # type: ignore[attr-defined]
+        by_node: dict[str, list[list[str]]] = {}
+        for group in groups:
+            slot = key_slot(keys.stream(self.ns, group[0]).encode())
+            by_node.setdefault(nodes.get_node_from_slot(slot).name, []).append(group)
+        return [mine[self._turn % len(mine)] for mine in by_node.values()]
 
     def _read_command(self, pipe: Packed, consumer: str, queues: list[str], count: int,
                       block_ms: int | None) -> None:
