@@ -129,7 +129,10 @@ def _drain_through(failover: Any, sentinel: Sentinel, primary: ServerProcess,
     assert set(counts) == every  # nothing ran that was not enqueued
     twice = [i for i, n in counts.items() if n > 1]
     # A run whose acknowledgement the failover lost runs again: only those in flight.
-    assert all(counts[i] <= 2 for i in twice) and len(twice) <= 40, twice
+    # In flight: what the worker's 2 processes had read (up to --prefetch, 100, each)
+    # or acknowledged on the old primary after its last write reached the replica.
+    assert all(counts[i] <= 2 for i in twice) and len(twice) <= 200, \
+        (len(twice), max((counts[i] for i in twice), default=0))
     assert [h.get(timeout=30) for h in handles] == [2 * i for i in range(400)]
     assert later.get(timeout=30) == 14
     assert worker.proc.poll() is None, worker.output()[-3000:]
