@@ -346,8 +346,8 @@ def _family(w: Any) -> set[int]:
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(("server", "signed"), [
-    ("valkey", False), ("redis", False), ("cluster", False), ("valkey", True)],
-    ids=["valkey", "redis", "cluster", "valkey-signed"], indirect=["server"])
+    ("valkey", False), ("redis", False), ("valkey", True)],
+    ids=["valkey", "redis", "valkey-signed"], indirect=["server"])
 def test_fuzzed_entries_are_run_once_or_dead_lettered(app: StreamQ, rclient: redis.Redis,
                                                       start_worker: Any, signed: bool) -> None:
     w = start_worker(app.settings.url, "-c", "2", "--heartbeat", "0.2",

@@ -136,6 +136,8 @@ def _state(app: StreamQ, name: str, queue: str = "default") -> dict[str, str]:
 
 
 @pytest.mark.slow
+# Valkey and Redis: a tick is one script on one slot, the same on the cluster kinds.
+@pytest.mark.parametrize("server", ["valkey", "redis"], indirect=True)
 def test_three_workers_fire_each_tick_exactly_once(server: ServerProcess, namespace: str,
                                                    start_worker: Any) -> None:
     """every=1s, three worker processes started at different moments for about 7 s,

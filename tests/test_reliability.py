@@ -509,6 +509,8 @@ def test_dead_letters_requeue_and_purge(app: StreamQ, rclient: redis.Redis,
     assert rclient.xlen(_stream(app)) == 0
 
 
+# The subject is the worker's batching, not the server: Valkey only.
+@pytest.mark.parametrize("server", ["valkey"], indirect=True)
 def test_batching_never_strands_work_behind_a_long_task(app: StreamQ,
                                                         start_worker: Any) -> None:
     """Celery #1933: messages prefetched by a process that then runs a long task are

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from streamq import StreamQ
@@ -94,6 +95,8 @@ def test_sigterm_finishes_in_flight_tasks_and_exits_zero(app: StreamQ,
     assert app.server.connection.client.xlen(keys.stream(ns, "default")) == 0
 
 
+# The subject is the worker's policy, not the server: Valkey and Redis.
+@pytest.mark.parametrize("server", ["valkey", "redis"], indirect=True)
 def test_unknown_task_goes_to_dead_letters_and_worker_keeps_going(
         app: StreamQ, start_worker: Any) -> None:
     ghost = app.send_by_name("tests.tasks.does_not_exist", [1])
