@@ -287,6 +287,7 @@ def test_a_new_task_waits_for_a_worker_that_knows_it(
     assert old.stop() == 0 and new.stop() == 0
 
 
+@pytest.mark.parametrize("server", ["valkey"], indirect=True)  # a worker policy
 def test_a_task_no_worker_knows_is_dead_lettered_after_its_hand_backs(
         app: StreamQ, start_worker: Any) -> None:
     old = start_worker(app.settings.url, "-c", "1", *FAST, module="tests.tasks_old")

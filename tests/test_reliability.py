@@ -424,6 +424,7 @@ def test_producer_gets_a_connection_error_not_a_hang(tmp_path: Path, namespace: 
     app.close()
 
 
+@pytest.mark.parametrize("server", ["valkey", "redis"], indirect=True)  # decoding, not slots
 class TestBadMessagesGoToDeadLetters:
     def _start(self, app: StreamQ, start_worker: Any) -> Any:
         return start_worker(app.settings.url, "-c", "1", *FAST)

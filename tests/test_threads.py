@@ -82,6 +82,7 @@ def test_stopping_waits_for_the_tasks_in_threads(app: StreamQ, start_worker: Any
 
 
 @pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("server", ["valkey"], indirect=True)  # the worker's, not the server's
 def test_a_soft_limit_raises_inside_the_task(app: StreamQ, start_worker: Any,
                                              threads: str) -> None:
     w = start_worker(app.settings.url, "-c", "1", "--threads", threads, *FAST)
