@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from streamq import Reject, Retry, StreamQ, current_task
+from streamq.base.errors import BrokerConnectionError
 
 app = StreamQ("redis://127.0.0.1:1/0")  # replaced by the fixtures / --url
 
@@ -308,3 +309,12 @@ def ordered(key: str, i: int, fail_first: bool = False) -> int:
     finally:
         client.decr(f"{ns}:running:{key}")
     return i
+
+
+@app.task(max_retries=20, retry_backoff=0.2, retry_backoff_max=1.0,
+          autoretry_for=(BrokerConnectionError,))
+def count_through_failover(key: str) -> int:
+    """Counts, and retries while its own call to the server meets a failover."""
+    n = _incr(key)
+    time.sleep(0.005)
+    return n

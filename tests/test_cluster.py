@@ -20,6 +20,7 @@ from redis.crc import key_slot
 from streamq import StreamQ
 from streamq.base import keys
 from streamq.base.errors import BrokerConnectionError, ConfigurationError
+from streamq.base.partitions import SLOTS
 from streamq.server.transport import Packed
 from tests import tasks
 from tests.conftest import ROOT, wait_until
@@ -282,3 +283,84 @@ def test_an_idle_worker_blocks_once_on_each_node(app: StreamQ, server: ShardedSe
     assert w.stop() == 0
     for n in nodes.values():
         n.close()
+
+
+def _cluster_of(tmp_path: Any, primaries: int, replica_of: int) -> list[Any]:
+    """``primaries`` Valkey nodes sharing the slots, and one replica of the
+    ``replica_of``-th: a cluster whose nodes fail over by themselves (1 s timeout)."""
+    from tests.servers import ServerProcess, _free_port
+
+    buses = [_free_port() for _ in range(primaries + 1)]
+    nodes = [ServerProcess("valkey", tmp_path / f"n{i}", appendonly=True, extra_args=(
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+        "--cluster-node-timeout", "1000", "--cluster-port", str(bus),
+        "--cluster-replica-validity-factor", "0")).start() for i, bus in enumerate(buses)]
+    clients = [redis.Redis(port=n.port) for n in nodes]
+    for i, c in enumerate(clients[:primaries]):
+        c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * SLOTS // primaries,
+                          (i + 1) * SLOTS // primaries - 1)
+    for c in clients[1:]:
+        c.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[0].port, buses[0])
+    wait_until(lambda: all(len(c.execute_command("CLUSTER", "NODES").splitlines())
+                           == len(nodes) for c in clients), 20,
+               message="the nodes to meet")
+    target = clients[replica_of].execute_command("CLUSTER", "MYID")
+    wait_until(lambda: _try(lambda: clients[-1].execute_command("CLUSTER", "REPLICATE",
+                                                                target)), 20,
+               message="the replica to attach")
+    wait_until(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
+                           for c in clients)
+               and clients[-1].info("replication").get("master_link_status") == "up", 30,
+               message="the cluster and its replica")
+    for c in clients:
+        c.close()
+    return nodes
+
+
+def _try(call: Any) -> bool:
+    try:
+        call()
+        return True
+    except redis.RedisError:
+        return False
+
+
+def test_a_primary_killed_under_a_draining_worker_fails_over_and_loses_nothing(
+        tmp_path: Any, namespace: str, start_worker: Any) -> None:
+    nodes = _cluster_of(tmp_path, 3, 0)
+    try:
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes[:3])
+        tasks.app.configure(url=url, namespace=namespace, heartbeat_s=0.5, block_ms=200)
+        queue = next(q for q in (f"fo{i}" for i in range(1000))
+                     if key_slot(keys.stream(namespace, q).encode()) < SLOTS // 3)
+        first = _send(tasks.count_through_failover, [(f"fo-{i}",) for i in range(600)], queue)
+        # Replication is asynchronous: wait until the replica has the calls.
+        with redis.Redis(port=nodes[0].port) as primary:
+            assert primary.execute_command("WAIT", 1, 5000) == 1
+        w = start_worker(url, "-c", "2", "-Q", queue, "--log-level", "WARNING")
+        wait_until(lambda: tasks.count_of("fo-100"), timeout=30, message="the drain under way")
+        nodes[0].kill()  # the primary of the queue's slot: its replica takes over
+        with redis.Redis(port=nodes[3].port) as replica:
+            wait_until(lambda: replica.info("replication")["role"] == "master", 30,
+                       message="the replica to be promoted")
+        later = wait_until(lambda: _try_send(queue), 30, message="an enqueue after it")
+        for h in [*first, later]:
+            h.get(timeout=60)
+        client: Any = tasks.app.server.connection.client
+        counted = client.mget_nonatomic([f"{namespace}:count:fo-{i}" for i in range(600)])
+        assert all(c in (b"1", b"2") for c in counted), counted  # every call ran
+        # Twice only what was in flight: read (up to --prefetch each) or acknowledged
+        # on the old primary after its last write reached the replica.
+        assert counted.count(b"2") <= 200, counted.count(b"2")
+        assert w.stop() == 0
+    finally:
+        tasks.app.close()
+        for n in nodes:
+            n.kill()
+
+
+def _try_send(queue: str) -> Any:
+    try:
+        return tasks.count_through_failover.apply_async(("fo-late",), queue=queue)
+    except Exception:
+        return None
