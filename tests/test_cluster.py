@@ -294,7 +294,8 @@ def _cluster_of(tmp_path: Any, primaries: int, replica_of: int) -> list[Any]:
     nodes = [ServerProcess("valkey", tmp_path / f"n{i}", appendonly=True, extra_args=(
         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
         "--cluster-node-timeout", "1000", "--cluster-port", str(bus),
-        "--cluster-replica-validity-factor", "0")).start() for i, bus in enumerate(buses)]
+        "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0",
+    )).start() for i, bus in enumerate(buses)]
     clients = [redis.Redis(port=n.port) for n in nodes]
     for i, c in enumerate(clients[:primaries]):
         c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * SLOTS // primaries,

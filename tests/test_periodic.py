@@ -218,6 +218,7 @@ def _run_duty(duty: PeriodicDuty, seconds: float) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("server", ["valkey", "redis"], indirect=True)  # one script, one slot
 def test_catch_up_runs_the_latest_missed_tick_once_and_catch_up_false_skips(
         server: ServerProcess, namespace: str) -> None:
     app = StreamQ(server.url, namespace=namespace)

@@ -39,7 +39,6 @@ def test_task_that_kills_its_process_completes_on_second_delivery(app: StreamQ,
     assert w.stop() == 0
 
 
-@on_shards_too
 def test_sigkill_of_whole_worker_loses_nothing(app: StreamQ, start_worker: Any) -> None:
     results = tasks.sleep_then_count.map([(f"w{i}", 0.01) for i in range(500)])
     w1 = start_worker(app.settings.url, "-c", "2", *FAST)
