@@ -70,9 +70,10 @@ class Sentinel:
 
 @pytest.fixture
 def sentinel_setup(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess, Sentinel]]:
-    # A full sync starts at once, not after the default 5 s wait for more replicas
-    # (either server may be the primary after a failover).
-    at_once = ("--repl-diskless-sync-delay", "0")
+    # A full sync waits the default 5 s for more replicas: with it at once, a demoted
+    # primary's sync under load kept it busy past the Sentinel's 1 s down-after, and
+    # a second failover followed (seen in CI: calls run up to 5 times).
+    at_once: tuple[str, ...] = ()
     primary = ServerProcess("valkey", tmp_path / "primary", appendonly=True,
                             appendfsync="always", extra_args=at_once).start()
     replica = ServerProcess("valkey", tmp_path / "replica", appendonly=True,
@@ -131,8 +132,10 @@ def _drain_through(failover: Any, sentinel: Sentinel, primary: ServerProcess,
     # A run whose acknowledgement the failover lost runs again: only those in flight.
     # In flight: what the worker's 2 processes had read (up to --prefetch, 100, each)
     # or acknowledged on the old primary after its last write reached the replica.
-    assert all(counts[i] <= 2 for i in twice) and len(twice) <= 200, \
-        (len(twice), max((counts[i] for i in twice), default=0))
+    # Each failover (the Sentinel may add one under load) can run those again.
+    switches = max(1, (sentinel.workdir / "sentinel.log").read_text().count("+switch-master"))
+    assert all(counts[i] <= 1 + switches for i in twice) and len(twice) <= 200 * switches, \
+        (len(twice), max((counts[i] for i in twice), default=0), switches)
     assert [h.get(timeout=30) for h in handles] == [2 * i for i in range(400)]
     assert later.get(timeout=30) == 14
     assert worker.proc.poll() is None, worker.output()[-3000:]
