@@ -81,15 +81,11 @@ class ClusterClient(redis.cluster.RedisCluster):
             return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
-        pipe = ClusterPipeline(
-            nodes_manager=self.nodes_manager, commands_parser=self.commands_parser,
-            startup_nodes=self.nodes_manager.startup_nodes,  # type: ignore[arg-type]
-            result_callbacks=self.result_callbacks,
-            cluster_response_callbacks=self.cluster_response_callbacks,
-            read_from_replicas=self.read_from_replicas,
-            load_balancing_strategy=self.load_balancing_strategy,
-            reinitialize_steps=self.reinitialize_steps, retry=self.retry, lock=self._lock,
-            transaction=transaction, event_dispatcher=self._event_dispatcher)
+        pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
+        # The same object with streamq's execute: redis-py's own constructor arguments
+        # stay redis-py's business.
+        pipe.__class__ = ClusterPipeline
+        assert isinstance(pipe, ClusterPipeline)
         pipe.streamq_url = self.streamq_url
         return pipe
 
@@ -118,14 +114,6 @@ def make_cluster_client(url: str, options: dict[str, Any]) -> ClusterClient:
             raise redis.ConnectionError(str(exc)) from exc
     client.streamq_url = url
     return client
-
-
-def load_scripts(node: redis.Redis) -> None:
-    """Load streamq's scripts on one node (a cluster has no shared script cache)."""
-    pipe = node.pipeline(transaction=False)
-    for name in scripts.NAMES:
-        pipe.script_load(scripts.SOURCE[name])
-    pipe.execute()
 
 
 def _args(command: bytes, count: int) -> list[bytes]:
@@ -165,7 +153,6 @@ class _Unit:
     indexes: list[int]
     ask: Any = None
     """The node an ASK sent it to, for the next send only."""
-    tries: int = 0
 
 
 def _units(commands: list[bytes], indexes: list[int] | None = None) -> list[_Unit]:
@@ -217,7 +204,7 @@ class Router:
         while todo:
             done = self._round(commands, todo, replies, wait, waits)
             for node, indexes in done.noscript.items():
-                load_scripts(self.client.get_redis_connection(node))
+                scripts.load(self.client.get_redis_connection(node))
                 done.again += _units(commands, indexes)
             if not done.again:
                 break
@@ -301,7 +288,6 @@ class Router:
         redirect = next((r for r in got if isinstance(r, _REDIRECT)), None)
         unit.ask = None
         if redirect is not None:
-            unit.tries += 1
             done.again.append(unit)
             done.error = redirect
             if isinstance(redirect, redis.exceptions.MovedError):

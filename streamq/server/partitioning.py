@@ -27,12 +27,11 @@ def check_count(connection: Connection, ns: str, queue: str, count: int) -> None
     stored = int(client.hget(key, queue) or count)
     if stored == count:
         return
-    held = 0
+    pipe = client.pipeline(transaction=False)  # one round trip (one per node on a cluster)
     for name in names(queue, stored):
-        pipe = client.pipeline(transaction=False)
         pipe.xlen(keys.stream(ns, name))
         pipe.zcard(keys.delayed(ns, name))
-        held += sum(int(n) for n in pipe.execute())
+    held = sum(int(n) for n in pipe.execute())
     if held:
         raise ConfigurationError(
             f"queue {queue!r} has {stored} partitions on the server, holding {held} "

@@ -79,15 +79,11 @@ class Transport:
 
     def load_scripts(self) -> None:
         client = self.connection.client
-        if self.connection.is_cluster:  # every primary has its own script cache
-            with translated(self.connection.url):
-                for node in cast(Any, client).primaries():
-                    cluster.load_scripts(node)
-        else:
-            pipe = client.pipeline(transaction=False)
-            for name in scripts.NAMES:
-                pipe.script_load(scripts.SOURCE[name])
-            pipe.execute()
+        with translated(self.connection.url):
+            # A cluster's primaries have a script cache each.
+            for server in cast(Any, client).primaries() if self.connection.is_cluster \
+                    else [client]:
+                scripts.load(server)
         self._scripts_loaded = True
 
     def ensure_scripts(self) -> None:
@@ -155,11 +151,9 @@ class Transport:
             replies.append(waited)
         else:
             replies = self._durable_exchange(url, commands, wait)
-        for r in replies[:-1]:
-            if type(r) is list and r and r[0].__class__ is not list:  # an EXEC's replies
-                r = next((item for item in r if isinstance(item, Exception)), r)
-            if isinstance(r, Exception):
-                raise _error(r, url)
+        failed = _first_error(replies[:-1])
+        if failed is not None:
+            raise _error(failed, url)
         return replies[-1]
 
     def _durable_exchange(self, url: str, commands: list[bytes], wait: bytes) -> list[Any]:

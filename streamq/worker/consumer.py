@@ -347,29 +347,27 @@ class Consumer:
     def _behind_outcomes(self, command: bytes) -> Any:
         """Write held outcomes with ``command`` behind them, in one round trip; its
         reply (a keyed call's gate: ``ordering.py``)."""
-        outcomes = self.held.take_outcomes()
+        return self._write(self.held.take_outcomes(), command)[-1]
+
+    def flush(self, extra: list[Outcome] | None = None) -> None:
+        """Write held outcomes (and ``extra``) now, in one round trip."""
+        outcomes = self.held.take_outcomes() + (extra or [])
+        if outcomes:
+            self._write(outcomes)
+
+    def _write(self, outcomes: list[Outcome], behind: bytes | None = None) -> list[Any]:
+        """One round trip of ``outcomes`` (and ``behind`` after them); the replies. A
+        failed write puts the outcomes back, to be written again."""
         pipe = self.writer.pack(outcomes) if outcomes else Packed()
-        pipe.commands.append(command)
+        if behind is not None:
+            pipe.commands.append(behind)
         try:
             replies = self.link.transport.run(pipe)
         except Exception:
             self.held.restore_outcomes(outcomes)
             raise
         self.continuations.written(self.writer, pipe, outcomes)
-        return replies[-1]
-
-    def flush(self, extra: list[Outcome] | None = None) -> None:
-        """Write held outcomes (and ``extra``) now, in one round trip."""
-        outcomes = self.held.take_outcomes() + (extra or [])
-        if not outcomes:
-            return
-        pipe = self.writer.pack(outcomes)
-        try:
-            self.link.transport.run(pipe)
-        except Exception:
-            self.held.restore_outcomes(outcomes)
-            raise
-        self.continuations.written(self.writer, pipe, outcomes)
+        return replies
 
     # -- recovery --------------------------------------------------------------------
     def _reclaim(self) -> None:
