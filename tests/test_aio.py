@@ -23,6 +23,7 @@ from streamq import (
     TaskFailed,
 )
 from streamq.base import keys
+from streamq.base.ids import queue_of
 from tests import tasks
 from tests.conftest import wait_until
 
@@ -164,6 +165,9 @@ def test_concurrent_adelay_calls_share_few_writes(server: Any, app: StreamQ) -> 
         link = app.aio.current()
         handles = await asyncio.gather(*(tasks.add.adelay(i, 1) for i in range(1000)))
         assert link.writes <= 3, link.writes  # 1,000 calls, far fewer round trips
+        # The first call of a task to a queue waits for the loop's next turn.
+        await asyncio.gather(tasks.add.aapply_async((9, 9), queue="broken"),
+                             return_exceptions=True)
         before = link.writes
         mixed = await asyncio.gather(
             *(tasks.add.adelay(i, 2) for i in range(5)),
@@ -278,11 +282,12 @@ def test_a_cluster_url_is_refused_before_anything_connects(
         return x + y
 
     async def main() -> None:
-        for call in (add.adelay(1, 2), add.aapply_async((1, 2), countdown=5),
-                     add.amap([(1, 2), (3, 4)]), cluster.AsyncResult("x@default").aget(),
-                     cluster.AsyncResult("x@default").astatus()):
-            with pytest.raises(ConfigurationError) as error:
-                await call
+        for call in (lambda: add.adelay(1, 2), lambda: add.aapply_async((1, 2), countdown=5),
+                     lambda: add.amap([(1, 2), (3, 4)]),
+                     lambda: cluster.AsyncResult("x@default").aget(),
+                     lambda: cluster.AsyncResult("x@default").astatus()):
+            with pytest.raises(ConfigurationError) as error:  # when called or awaited
+                await call()
             text = str(error.value)
             assert text.startswith("the asyncio client (adelay, aapply_async, amap, aget, "
                                    "astatus) does not support Redis Cluster URLs"), text
@@ -350,3 +355,38 @@ def test_adelay_packs_each_call_as_delay_does(vapp: StreamQ) -> None:
     assert all(rc.hget(keys.record(ns, "default", h.id), "status") == b"PENDING"
                for h in handles)
     signed.close()
+
+
+def test_adelay_is_queued_when_made_and_awaits_every_way(vapp: StreamQ) -> None:
+    """Once its task and queue have a template, ``adelay()`` queues the call when it is
+    made and returns a future (``gather`` needs no Task per call) that
+    ``create_task``, ``TaskGroup`` and ``wait_for`` take as a coroutine; made outside
+    a loop it is a coroutine (for ``asyncio.run``)."""
+    rc, ns = _client(vapp), vapp.settings.namespace
+    rc.set(keys.stream(ns, "broken"), "not a stream")
+
+    async def main() -> list[Any]:
+        first = await tasks.add.adelay(0, 0)  # teaches the template
+        await tasks.add.aapply_async((0, 0), queue="other")
+        soon = tasks.add.adelay(1, 1)
+        assert asyncio.isfuture(soon) and asyncio.iscoroutine(soon)
+        made = await soon
+        task = asyncio.create_task(tasks.add.adelay(2, 2))
+        async with asyncio.TaskGroup() as group:
+            grouped = [group.create_task(tasks.add.adelay(i, 3)) for i in range(5)]
+        waited = await asyncio.wait_for(tasks.add.aapply_async((4, 4), queue="other"), 10)
+        with pytest.raises(BrokerError, match="WRONGTYPE"):
+            await asyncio.create_task(tasks.add.aapply_async((5, 5), queue="broken"))
+        with pytest.raises(BrokerError, match="WRONGTYPE"):  # now with a template
+            await asyncio.create_task(tasks.add.aapply_async((5, 5), queue="broken"))
+        return [first, made, await task, *(g.result() for g in grouped), waited]
+
+    handles = run(vapp, main)
+    later = tasks.add.adelay(6, 6)  # made outside a loop: a coroutine, run by the loop
+    assert asyncio.iscoroutine(later) and not asyncio.isfuture(later)
+    outside = run(vapp, lambda: later)
+    assert len({h.id for h in [*handles, outside]}) == 10
+    assert rc.xlen(keys.stream(ns, "default")) == 9
+    assert rc.xlen(keys.stream(ns, "other")) == 2
+    for h in [*handles, outside]:
+        assert rc.hget(keys.record(ns, queue_of(h.id) or "", h.id), "status") == b"PENDING"

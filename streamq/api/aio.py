@@ -19,8 +19,9 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Coroutine, Sequence
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, cast
 
 from ..base.errors import BrokerError, ConfigurationError
 from ..base.ids import new_task_id, queue_of
@@ -48,23 +49,13 @@ async def aenqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]],
     link = app.aio.current()
     if len(prepared) == 1 and not many:
         message, due = prepared[0]
-        # A template per shape of call: every field but the id, body and enqueue time.
-        shape: tuple[Any, ...] | None = message[1:3] + message[6:7] + message[8:]
-        try:
-            known = link.templates.get(shape)  # (the settings it was made for, it)
-        except TypeError:  # an unhashable field (a canvas step's continuation)
-            known = shape = None
-        commands = None
-        if due is None and known is not None and known[0] is settings and known[1]:
-            commands = known[1].pack(app, message)
+        commands = _from_template(app, link, message, due)
         if commands is None:
             encoded = message.encode()
             if len(encoded) > app._sure_body:
                 await _know_value_limit(app)
             commands = app._call_commands(message, due, encoded)
-            if shape is not None and (known is None or known[0] is not settings) and \
-                    len(link.templates) < _TEMPLATES:
-                link.templates[shape] = (settings, _Template.build(app, message))
+            _learn_template(app, link, message)
         await link.submit(commands)
         app._emit_enqueued(prepared)
         return [AsyncResult(message.id, app, queue=message.queue, sent_at=time.monotonic(),
@@ -88,6 +79,88 @@ async def aenqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]],
             for m, _ in prepared]
 
 
+def submit(app: StreamQ, message: Message, due: int | None, durable: bool | None
+           ) -> Coroutine[Any, Any, AsyncResult]:
+    """``adelay()``/``aapply_async()``: one call, queued for this loop turn's write the
+    moment it is made (see ``Enqueued``); ``aenqueue``'s coroutine outside a running
+    loop, in eager mode, with ``enqueued`` hooks, for a durable call (refused there) and
+    for a message longer than the server's value limit is known to allow."""
+    settings = app.settings
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # asyncio.run(task.adelay()) still works: a coroutine
+        loop = None
+    if loop is None or settings.eager or app.hooks.wants("enqueued") or \
+            (settings.durable if durable is None else durable):
+        return _only(aenqueue(app, [(message, due)], durable=durable))
+    link = app.aio.current()
+    commands = _from_template(app, link, message, due)
+    if commands is None:
+        encoded = message.encode()
+        if len(encoded) > app._sure_body:  # the server's value limit is to be read first
+            return _only(aenqueue(app, [(message, due)], durable=durable))
+        commands = app._call_commands(message, due, encoded)
+        _learn_template(app, link, message)
+    handle = AsyncResult(message.id, app, queue=message.queue, sent_at=time.monotonic(),
+                         ignored=message.ignore_result)
+    enqueued = Enqueued(loop=loop)
+    link.submit(commands, enqueued, handle)
+    return enqueued
+
+
+async def _only(results: Awaitable[list[AsyncResult]]) -> AsyncResult:
+    return (await results)[0]
+
+
+class Enqueued(asyncio.Future[AsyncResult], Coroutine[Any, Any, AsyncResult]):
+    """A call already queued for the write of this loop turn; awaiting it gives its
+    handle once the server has the call (or raises the call's error).
+
+    An asyncio future, so ``gather`` takes it as it is: no ``Task`` per call (a Task
+    costs about as much as the rest of an ``adelay()`` together). It is a coroutine
+    too, for ``asyncio.create_task`` and ``TaskGroup.create_task``: stepped, it waits
+    for itself, as a coroutine awaiting it would."""
+
+    __slots__ = ()
+
+    def send(self, value: Any) -> Any:
+        if not self.done():
+            self._asyncio_future_blocking = True  # what ``Future.__await__`` yields with
+            return self
+        raise StopIteration(self.result())
+
+    def throw(self, exc: Any, *_: Any) -> Any:
+        raise exc
+
+    def close(self) -> None:
+        pass
+
+
+def _from_template(app: StreamQ, link: Any, message: Message, due: int | None
+                   ) -> list[bytes] | None:
+    """The call's commands packed by its shape's template; None without one."""
+    if due is not None:
+        return None
+    try:  # a template per shape of call: every field but the id, body and enqueue time
+        known = link.templates.get(message[1:3] + message[6:7] + message[8:])
+    except TypeError:  # an unhashable field (a canvas step's continuation)
+        return None
+    if known is None or known[0] is not app.settings or known[1] is None:
+        return None
+    return cast("_Template", known[1]).pack(app, message)
+
+
+def _learn_template(app: StreamQ, link: Any, message: Message) -> None:
+    """Make the template of ``message``'s shape (once per shape and settings)."""
+    shape = message[1:3] + message[6:7] + message[8:]
+    try:
+        known = link.templates.get(shape)  # (the settings it was made for, it)
+    except TypeError:
+        return
+    if (known is None or known[0] is not app.settings) and len(link.templates) < _TEMPLATES:
+        link.templates[shape] = (app.settings, _Template.build(app, message))
+
+
 class _Template:
     """The packed commands of one call of a task to a queue, due now, with a generated
     id, as ``StreamQ._call_commands`` packs them, with three holes: the id, the
@@ -100,12 +173,12 @@ class _Template:
 
     __slots__ = ("sure", "id_len", "formats")
 
-    def __init__(self, sure: int, id_len: int,
-                 formats: list[tuple[bytes, tuple[int, ...]]]) -> None:
+    def __init__(self, sure: int, id_len: int, formats: list[tuple[bytes, Any]]) -> None:
         self.sure = sure
         self.id_len = id_len
         self.formats = formats
-        """Per command: a ``%b`` format and which of (id, enqueue time, message) fill it."""
+        """Per command: a ``%b`` format and what of (id, enqueue time, message) fills it
+        (an ``itemgetter``; None: the command has no hole)."""
 
     def pack(self, app: StreamQ, message: Message) -> list[bytes] | None:
         """The call's commands; None when this template does not fit it."""
@@ -120,7 +193,7 @@ class _Template:
             holes = (task_id.encode(), b"%d" % enq, _bulk(app, encoded))
         except UnicodeEncodeError:  # _call_commands raises it, as it always did
             return None
-        return [fmt % tuple([holes[i] for i in fill]) for fmt, fill in self.formats]
+        return [fmt if fill is None else fmt % fill(holes) for fmt, fill in self.formats]
 
     @classmethod
     def build(cls, app: StreamQ, message: Message) -> _Template | None:
@@ -131,11 +204,12 @@ class _Template:
                  f"streamq-template-{secrets.token_hex(16)}")
         marks = [holes[0].encode(), b"%d" % holes[1], _bulk(app, holes[2])]
         split = re.compile(b"(" + b"|".join(re.escape(m) for m in marks) + b")")
-        formats: list[tuple[bytes, tuple[int, ...]]] = []
+        formats: list[tuple[bytes, Any]] = []
         for command in cls._packed(app, message, *holes):
             parts = split.split(command)
+            fill = [marks.index(m) for m in parts[1::2]]
             formats.append((b"%b".join(p.replace(b"%", b"%%") for p in parts[::2]),
-                            tuple(marks.index(m) for m in parts[1::2])))
+                            itemgetter(*fill) if fill else None))
         template = cls(app._sure_body, len(holes[0]), formats)
         sample = message._replace(id=new_task_id(queue), enqueued_ms=now_ms(),
                                   body=f"{message.body!r} %d %b %% \u00e9")

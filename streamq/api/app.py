@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractContextManager
 from itertools import groupby
 from typing import TYPE_CHECKING, Any, overload
@@ -298,6 +298,11 @@ class StreamQ:
                        ) -> list[_AsyncResult]:
         """``enqueue`` on the running event loop: see ``streamq.api.aio``."""
         return await aio.aenqueue(self, prepared, many=many, durable=durable)
+
+    def asubmit(self, message: Message, due: int | None, durable: bool | None = None
+                ) -> Coroutine[Any, Any, _AsyncResult]:
+        """One call on the running event loop: see ``streamq.api.aio.submit``."""
+        return aio.submit(self, message, due, durable)
 
     def _confirmed(self, reply: Any, handles: list[_AsyncResult]) -> list[_AsyncResult]:
         """``handles``, once the wait's ``reply`` confirms they are durable; else

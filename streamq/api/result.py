@@ -57,10 +57,10 @@ class AsyncResult:
         # When this process enqueued the task (time.monotonic()), if it did: see get().
         self._sent_at = sent_at
         self.ignored = ignored
-        self.parent: Any = None
-        """In a canvas, the handle of the step before this one (``streamq.api.canvas``)."""
         """Sent with ``ignore_result=True``: no record is kept, so no result comes
         (``get()`` says so at once; ``status`` reads ``UNKNOWN``)."""
+        self.parent: Any = None
+        """In a canvas, the handle of the step before this one (``streamq.api.canvas``)."""
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"

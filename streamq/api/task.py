@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
@@ -41,6 +41,9 @@ class TaskApp(Protocol):
     async def aenqueue(self, prepared: Sequence[tuple[Message, int | None]], *,
                        many: bool = False, durable: bool | None = None
                        ) -> list[AsyncResult]: ...
+
+    def asubmit(self, message: Message, due: int | None, durable: bool | None = None
+                ) -> Coroutine[Any, Any, AsyncResult]: ...
 
 __all__ = ["CountdownDue", "Task", "TaskApp", "TaskContext", "TaskOptions", "build_message",
            "current_task", "due_ms_from", "running_as"]
@@ -252,11 +255,14 @@ class Task(Generic[P, R]):
         return self.app.enqueue(prepared, many=True)
 
     # -- asyncio: the same calls awaited (``a`` + the name; see ``streamq.api.aio``) --
-    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
-        """``delay`` on the running event loop: concurrent calls share round trips."""
-        return (await self.app.aenqueue([self.prepare(args, kwargs)]))[0]
+    def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, AsyncResult]:
+        """``delay`` on the running event loop: concurrent calls share round trips.
+        Await it (or gather it, or give it to ``create_task``): the call is usually
+        queued for the loop's next write as soon as it is made."""
+        message, due = self.prepare(args, kwargs)
+        return self.app.asubmit(message, due)
 
-    async def aapply_async(
+    def aapply_async(
         self,
         args: Iterable[Any] = (),
         kwargs: dict[str, Any] | None = None,
@@ -267,14 +273,14 @@ class Task(Generic[P, R]):
         task_id: str | None = None,
         durable: bool | None = None,
         ignore_result: bool | None = None,
-    ) -> AsyncResult:
-        """``apply_async`` on the running event loop. ``durable=True`` (or the app's
-        ``durable`` setting, unless ``durable=False``) is refused with a
-        ``ConfigurationError`` before anything is sent."""
+    ) -> Coroutine[Any, Any, AsyncResult]:
+        """``apply_async`` on the running event loop (awaited as ``adelay``).
+        ``durable=True`` (or the app's ``durable`` setting, unless ``durable=False``) is
+        refused with a ``ConfigurationError`` before anything is sent."""
         message, due = self.prepare(tuple(args), dict(kwargs or {}), countdown=countdown,
                                     eta=eta, queue=queue, task_id=task_id,
                                     ignore_result=ignore_result)
-        return (await self.app.aenqueue([(message, due)], durable=durable))[0]
+        return self.app.asubmit(message, due, durable)
 
     async def amap(self, iterable: Iterable[Any]) -> list[AsyncResult]:
         """``map`` on the running event loop (the same items, checks and errors)."""

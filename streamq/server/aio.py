@@ -107,11 +107,14 @@ class AsyncLink:
         return translate(exc, self.url) or exc
 
     # -- auto-pipelined writes (``aio_writer``) --------------------------------------
-    def submit(self, commands: list[bytes]) -> asyncio.Future[list[Any]]:
-        """Queue one call's packed commands for the write of this turn; the future gets
-        its replies, or its first error reply (as a streamq error). See
-        ``AsyncWriter.submit``."""
-        return self._batcher.submit(commands)
+    def submit(self, commands: list[bytes], future: asyncio.Future[Any] | None = None,
+               value: Any = None) -> asyncio.Future[Any]:
+        """Queue one call's packed commands for the write of this turn; the future (a
+        new one, or ``future``) gets its replies, or ``value`` when one is given, or its
+        first error reply (as a streamq error). See ``AsyncWriter.submit``."""
+        if value is None:
+            return self._batcher.submit(commands, future)
+        return self._batcher.submit(commands, future, value)
 
     # -- pooled exchanges --------------------------------------------------------------
     async def run(self, commands: list[bytes], *, blocking: bool = False) -> list[Any]:

@@ -37,7 +37,10 @@ AHEAD = 100
 """Calls written ahead of their turn's flush once this many wait: the server runs them
 while the loop makes the turn's other calls (all are read in one round trip)."""
 
-_Call = tuple[list[bytes], "asyncio.Future[list[Any]]"]
+_Call = tuple[list[bytes], "asyncio.Future[Any]", Any]
+"""One call: its packed commands, its future, and what the future gets on success
+(``_REPLIES``: the replies)."""
+_REPLIES: Any = object()
 
 LOADS = [pack("SCRIPT", "LOAD", scripts.SOURCE[name]) for name in scripts.NAMES]
 """SCRIPT LOAD of every script, in ``scripts.NAMES`` order."""
@@ -110,16 +113,18 @@ class AsyncWriter:
         self.writes = 0
         """Round trips the batcher made for every ``submit`` so far."""
 
-    def submit(self, commands: list[bytes]) -> asyncio.Future[list[Any]]:
-        """Queue one call's packed commands for the write of this turn; the future gets
-        its replies, or its first error reply (as a streamq error). Once ``AHEAD``
-        calls wait on a ready connection, they are written at once (see ``AHEAD``)."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+    def submit(self, commands: list[bytes], future: asyncio.Future[Any] | None = None,
+               value: Any = _REPLIES) -> asyncio.Future[Any]:
+        """Queue one call's packed commands for the write of this turn; the future (a
+        new one, or ``future``) gets its replies (or ``value``), or its first error
+        reply (as a streamq error). Once ``AHEAD`` calls wait on a ready connection,
+        they are written at once (see ``AHEAD``)."""
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
         pending = self._pending
-        pending.append((commands, future))
+        pending.append((commands, future, value))
         if self._flusher is None:  # runs next turn: this turn's calls join its write
-            self._flusher = loop.create_task(self._flush())
+            self._flusher = future.get_loop().create_task(self._flush())
         elif len(pending) >= AHEAD and not self._busy:
             self._write_ahead()
         return future
@@ -134,7 +139,7 @@ class AsyncWriter:
         calls, self._pending = self._pending, []
         self._ahead += calls
         try:
-            conn._writer.write(b"".join([c for commands, _ in calls for c in commands]))
+            conn._writer.write(b"".join([c for commands, _, _ in calls for c in commands]))
         except Exception:  # the flush sends them all again, on a new connection
             self._loaded_on = None
 
@@ -152,7 +157,7 @@ class AsyncWriter:
                     self._busy = False
         finally:
             self._flusher = None
-            for _, future in (*self._ahead, *self._pending):  # only when cancelled
+            for _, future, _ in (*self._ahead, *self._pending):  # only when cancelled
                 if not future.done():  # (the loop is closing): nothing more is sent
                     future.cancel()
             self._ahead, self._pending = [], []
@@ -181,7 +186,7 @@ class AsyncWriter:
                     # Once more, as redis-py's retry does (an idle connection the server
                     # dropped; a write whose reply was lost after it ran runs twice).
                     continue
-                for _, future in calls:
+                for _, future, _ in calls:
                     if not future.done():
                         if isinstance(exc, Exception):
                             future.set_exception(self._error(exc))
@@ -191,12 +196,12 @@ class AsyncWriter:
                     raise
                 return
         at = 0
-        for k, (commands, future) in enumerate(calls):
+        for k, (commands, future, value) in enumerate(calls):
             got, at = replies[at:at + len(commands)], at + len(commands)
             if not future.done():  # (done: the caller was cancelled)
                 failed = failures.get(k) if failures else None
                 if failed is None:
-                    future.set_result(got)
+                    future.set_result(got if value is _REPLIES else value)
                 else:
                     future.set_exception(self._error(failed))
 
@@ -208,8 +213,8 @@ class AsyncWriter:
         if load and ahead:
             raise redis.ConnectionError("a write ahead of the flush failed")
         head = LOADS if load else []
-        flat = [command for c, _ in calls for command in c]
-        skip = sum(len(c) for c, _ in calls[:ahead]) if ahead else 0
+        flat = [command for c, _, _ in calls for command in c]
+        skip = sum(len(c) for c, _, _ in calls[:ahead]) if ahead else 0
         await conn.send_packed_command([b"".join([*head, *flat[skip:]])], check_health=False)
         self.writes += 1
         if self._replies is None or self._replies.stream is not conn._reader:
@@ -234,7 +239,7 @@ class AsyncWriter:
         failures: dict[int, Exception] = {}
         odd = _odd(replies)
         if odd:  # which call each belongs to: the first error of each call counts
-            ends = list(accumulate(len(c) for c, _ in calls))
+            ends = list(accumulate(len(c) for c, _, _ in calls))
             for i in odd:
                 failed = failure([replies[i]])
                 if failed is not None:
