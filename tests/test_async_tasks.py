@@ -37,6 +37,15 @@ def test_async_tasks_overlap_on_one_loop(app: StreamQ, start_worker: Any) -> Non
     assert w.stop() == 0
 
 
+def test_async_concurrency_caps_the_coroutines_at_once(app: StreamQ,
+                                                       start_worker: Any) -> None:
+    w = start_worker(app.settings.url, "-c", "1", "--async-concurrency", "5", *FAST,
+                     module=MODULE)
+    handles = tasks.async_nap.map([(0.2,)] * 20)
+    assert max(h.get(timeout=30) for h in handles) == 5  # all five used, never more
+    assert w.stop() == 0
+
+
 def test_current_task_is_each_coroutines_own(app: StreamQ, start_worker: Any) -> None:
     w = start_worker(app.settings.url, "-c", "1", *FAST, module=MODULE)
     handles = tasks.async_whoami.map([(0.05,)] * 20)

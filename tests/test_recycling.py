@@ -42,9 +42,10 @@ def test_max_tasks_per_child_replaces_the_process_every_n_tasks(
     assert w.stop() == 0
 
 
+@pytest.mark.parametrize("server", ["valkey", "redis"], indirect=True)  # the worker's subject
 def test_max_memory_per_child_replaces_the_process_after_the_task_that_grew(
-        vapp: StreamQ, start_worker: Any) -> None:
-    w = start_worker(vapp.settings.url, "-c", "1", "--max-memory-per-child", "150", *FAST)
+        app: StreamQ, start_worker: Any) -> None:
+    w = start_worker(app.settings.url, "-c", "1", "--max-memory-per-child", "150", *FAST)
     first = tasks.pid_count.delay("m").get(timeout=20)
     grew = tasks.pid_count.delay("m", 160)
     assert grew.get(timeout=20) == first  # it ran in the same process

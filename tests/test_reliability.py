@@ -511,25 +511,31 @@ def test_dead_letters_requeue_and_purge(app: StreamQ, rclient: redis.Redis,
 
 # The subject is the worker's batching, not the server: Valkey only.
 @pytest.mark.parametrize("server", ["valkey"], indirect=True)
-def test_batching_never_strands_work_behind_a_long_task(app: StreamQ,
-                                                        start_worker: Any) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batching_never_strands_work_behind_a_long_task(app: StreamQ, start_worker: Any,
+                                                        threads: int) -> None:
     """Celery #1933: messages prefetched by a process that then runs a long task are
-    handed back, and an idle process starts them within 1 s."""
-    w1 = start_worker(app.settings.url, "-c", "1", *FAST)
+    handed back, and an idle process starts them within 1 s; with threads too, once
+    every thread runs a long task."""
+    w1 = start_worker(app.settings.url, "-c", "1", "--threads", str(threads), *FAST)
     # Fast tasks first: the process now reads up to --prefetch at once.
     assert [r.get(timeout=10) for r in tasks.nap.map([(0.0, i) for i in range(30)])] \
         == list(range(30))
-    # One script writes all six, so the blocked read takes them in one batch.
-    long, *quick = tasks.nap.map([(6.0, -1)] + [(0.0, i) for i in range(5)])
-    wait_until(lambda: long.status == "STARTED", message="long task started")
+    # One script writes them all, so the blocked read takes them in one batch.
+    handles = tasks.nap.map([(6.0, -1 - t) for t in range(threads)] +
+                            [(0.0, i) for i in range(5)])
+    longs, quick = handles[:threads], handles[threads:]
+    wait_until(lambda: all(h.status == "STARTED" for h in longs),
+               message="long tasks started")
     w2 = start_worker(app.settings.url, "-c", "1", *FAST)
     t_idle = time.monotonic()  # the second worker is up and idle from here
     assert [r.get(timeout=15) for r in quick] == list(range(5))
     waited = time.monotonic() - t_idle
     assert waited < 1.0, f"the quick tasks finished {waited:.2f} s after a process was free"
     assert "Handed back 5 prefetched message(s)" in w1.output()
-    assert long.status in ("STARTED", "PENDING")  # still running: nothing waited for it
-    assert long.get(timeout=15) == -1
+    # Still running: nothing waited for them.
+    assert all(h.status in ("STARTED", "PENDING") for h in longs)
+    assert [h.get(timeout=15) for h in longs] == [-1 - t for t in range(threads)]
     assert w1.stop() == 0 and w2.stop() == 0
 
 
