@@ -49,13 +49,10 @@ async def aenqueue(app: StreamQ, prepared: Sequence[tuple[Message, int | None]],
     link = app.aio.current()
     if len(prepared) == 1 and not many:
         message, due = prepared[0]
-        commands = _from_template(app, link, message, due)
-        if commands is None:
-            encoded = message.encode()
-            if len(encoded) > app._sure_body:
-                await _know_value_limit(app)
-            commands = app._call_commands(message, due, encoded)
-            _learn_template(app, link, message)
+        commands = _packed(app, link, message, due)
+        if commands is None:  # a long message: its size is checked against the server's
+            await _know_value_limit(app)
+            commands = app._call_commands(message, due, message.encode())
         await link.submit(commands)
         app._emit_enqueued(prepared)
         return [AsyncResult(message.id, app, queue=message.queue, sent_at=time.monotonic(),
@@ -94,13 +91,9 @@ def submit(app: StreamQ, message: Message, due: int | None, durable: bool | None
             (settings.durable if durable is None else durable):
         return _only(aenqueue(app, [(message, due)], durable=durable))
     link = app.aio.current()
-    commands = _from_template(app, link, message, due)
-    if commands is None:
-        encoded = message.encode()
-        if len(encoded) > app._sure_body:  # the server's value limit is to be read first
-            return _only(aenqueue(app, [(message, due)], durable=durable))
-        commands = app._call_commands(message, due, encoded)
-        _learn_template(app, link, message)
+    commands = _packed(app, link, message, due)
+    if commands is None:  # the server's value limit is to be read first
+        return _only(aenqueue(app, [(message, due)], durable=durable))
     handle = AsyncResult(message.id, app, queue=message.queue, sent_at=time.monotonic(),
                          ignored=message.ignore_result)
     enqueued = Enqueued(loop=loop)
@@ -136,29 +129,30 @@ class Enqueued(asyncio.Future[AsyncResult], Coroutine[Any, Any, AsyncResult]):
         pass
 
 
-def _from_template(app: StreamQ, link: Any, message: Message, due: int | None
-                   ) -> list[bytes] | None:
-    """The call's commands packed by its shape's template; None without one."""
-    if due is not None:
-        return None
-    try:  # a template per shape of call: every field but the id, body and enqueue time
-        known = link.templates.get(message[1:3] + message[6:7] + message[8:])
-    except TypeError:  # an unhashable field (a canvas step's continuation)
-        return None
-    if known is None or known[0] is not app.settings or known[1] is None:
-        return None
-    return cast("_Template", known[1]).pack(app, message)
-
-
-def _learn_template(app: StreamQ, link: Any, message: Message) -> None:
-    """Make the template of ``message``'s shape (once per shape and settings)."""
-    shape = message[1:3] + message[6:7] + message[8:]
+def _packed(app: StreamQ, link: Any, message: Message, due: int | None
+            ) -> list[bytes] | None:
+    """One call's commands: by the template of its shape (every field but the id, body
+    and enqueue time), else by ``_call_commands``, which a new shape's template is then
+    made from; None for a message longer than the server's value limit is known to
+    allow (read the limit, then pack it with ``_call_commands``)."""
+    settings = app.settings
+    shape: tuple[Any, ...] | None = message[1:3] + message[6:7] + message[8:]
     try:
         known = link.templates.get(shape)  # (the settings it was made for, it)
-    except TypeError:
-        return
-    if (known is None or known[0] is not app.settings) and len(link.templates) < _TEMPLATES:
-        link.templates[shape] = (app.settings, _Template.build(app, message))
+    except TypeError:  # an unhashable field (a canvas step's continuation)
+        known = shape = None
+    if due is None and known is not None and known[0] is settings and known[1] is not None:
+        commands: list[bytes] | None = cast("_Template", known[1]).pack(app, message)
+        if commands is not None:
+            return commands
+    encoded = message.encode()
+    if len(encoded) > app._sure_body:
+        return None
+    commands = app._call_commands(message, due, encoded)
+    if shape is not None and (known is None or known[0] is not settings) and \
+            len(link.templates) < _TEMPLATES:
+        link.templates[shape] = (settings, _Template.build(app, message))
+    return commands
 
 
 class _Template:

@@ -35,7 +35,7 @@ from ..base.sentinelurl import is_sentinel
 from ..base.settings import Settings, mask_url, scrub, validate_url
 from ..data import record
 from . import scripts, sentinel_aio
-from .aio_writer import LOADS, AsyncWriter, failure
+from .aio_writer import LOADS, REPLIES, AsyncWriter, failure
 from .broker import as_str
 from .connection import check_tls_files, translate
 from .records import GONE, GONE_TTL_MS
@@ -108,12 +108,10 @@ class AsyncLink:
 
     # -- auto-pipelined writes (``aio_writer``) --------------------------------------
     def submit(self, commands: list[bytes], future: asyncio.Future[Any] | None = None,
-               value: Any = None) -> asyncio.Future[Any]:
+               value: Any = REPLIES) -> asyncio.Future[Any]:
         """Queue one call's packed commands for the write of this turn; the future (a
-        new one, or ``future``) gets its replies, or ``value`` when one is given, or its
-        first error reply (as a streamq error). See ``AsyncWriter.submit``."""
-        if value is None:
-            return self._batcher.submit(commands, future)
+        new one, or ``future``) gets its replies (or ``value``), or its first error
+        reply (as a streamq error). See ``AsyncWriter.submit``."""
         return self._batcher.submit(commands, future, value)
 
     # -- pooled exchanges --------------------------------------------------------------

@@ -39,8 +39,8 @@ while the loop makes the turn's other calls (all are read in one round trip)."""
 
 _Call = tuple[list[bytes], "asyncio.Future[Any]", Any]
 """One call: its packed commands, its future, and what the future gets on success
-(``_REPLIES``: the replies)."""
-_REPLIES: Any = object()
+(``REPLIES``: the replies)."""
+REPLIES: Any = object()
 
 LOADS = [pack("SCRIPT", "LOAD", scripts.SOURCE[name]) for name in scripts.NAMES]
 """SCRIPT LOAD of every script, in ``scripts.NAMES`` order."""
@@ -114,7 +114,7 @@ class AsyncWriter:
         """Round trips the batcher made for every ``submit`` so far."""
 
     def submit(self, commands: list[bytes], future: asyncio.Future[Any] | None = None,
-               value: Any = _REPLIES) -> asyncio.Future[Any]:
+               value: Any = REPLIES) -> asyncio.Future[Any]:
         """Queue one call's packed commands for the write of this turn; the future (a
         new one, or ``future``) gets its replies (or ``value``), or its first error
         reply (as a streamq error). Once ``AHEAD`` calls wait on a ready connection,
@@ -201,7 +201,7 @@ class AsyncWriter:
             if not future.done():  # (done: the caller was cancelled)
                 failed = failures.get(k) if failures else None
                 if failed is None:
-                    future.set_result(got if value is _REPLIES else value)
+                    future.set_result(got if value is REPLIES else value)
                 else:
                     future.set_exception(self._error(failed))
 
